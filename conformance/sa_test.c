@@ -1,0 +1,152 @@
+#include "sa_test.h"
+
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <stdlib.h>
+
+int value_op_completions;
+const sa_test_when sa_test_whens[3] = {SA_TEST_INLINE, SA_TEST_NEXT_TICK,
+                                       SA_TEST_LATER};
+
+const char *sa_test_when_name(sa_test_when when) {
+  switch (when) {
+  case SA_TEST_INLINE: return "inline";
+  case SA_TEST_NEXT_TICK: return "next-tick";
+  case SA_TEST_LATER: return "later";
+  }
+  return "?";
+}
+
+/* One pending value_op call: its handle and what to complete. */
+struct value_call {
+  union {
+    uv_handle_t handle;
+    uv_idle_t idle;
+    uv_timer_t timer;
+  } h;
+  sa_call_t *call;
+  struct value_req *req;
+};
+
+static void free_value_call(uv_handle_t *handle) { free(handle->data); }
+
+static void finish(sa_call_t *call, struct value_req *req, int status,
+                   void *value) {
+  req->loop_at_complete = sa_current_loop();
+  req->complete_thread = pthread_self();
+  req->completions++;
+  value_op_completions++;
+  req->complete_rc = sa_complete(call, status, value);
+  if (req->complete_twice)
+    req->second_complete_rc = sa_complete(call, 0, NULL);
+}
+
+static void finish_pending(struct value_call *vc, int status, void *value) {
+  struct value_req *req = vc->req;
+  uv_close(&vc->h.handle, free_value_call);
+  req->pending = NULL;
+  finish(vc->call, req, status, value);
+}
+
+static void on_idle(uv_idle_t *idle) {
+  struct value_call *vc = idle->data;
+  uv_idle_stop(idle);
+  finish_pending(vc, vc->req->status, vc->req->value);
+}
+
+static void on_timer(uv_timer_t *timer) {
+  struct value_call *vc = timer->data;
+  finish_pending(vc, vc->req->status, vc->req->value);
+}
+
+static void value_start(sa_call_t *call, uv_loop_t *loop, void *arg) {
+  struct value_req *req = arg;
+  req->starts++;
+  req->start_loop = loop;
+  req->loop_at_start = sa_current_loop();
+  req->start_thread = pthread_self();
+  if (req->when == SA_TEST_INLINE) {
+    finish(call, req, req->status, req->value);
+    return;
+  }
+  struct value_call *vc = calloc(1, sizeof *vc);
+  cr_assert_not_null(vc);
+  vc->call = call;
+  vc->req = req;
+  vc->h.handle.data = vc;
+  req->pending = vc;
+  if (req->when == SA_TEST_NEXT_TICK) {
+    cr_assert_eq(uv_idle_init(loop, &vc->h.idle), 0);
+    cr_assert_eq(uv_idle_start(&vc->h.idle, on_idle), 0);
+  } else {
+    cr_assert_eq(uv_timer_init(loop, &vc->h.timer), 0);
+    cr_assert_eq(uv_timer_start(&vc->h.timer, on_timer,
+                                req->delay_ms ? req->delay_ms : 2, 0), 0);
+  }
+}
+
+static void value_cancel(sa_call_t *call, uv_loop_t *loop, void *arg) {
+  struct value_req *req = arg;
+  (void)call;
+  (void)loop;
+  req->cancels++;
+  if (req->pending)
+    finish_pending(req->pending, SA_ECANCELED, NULL);
+}
+
+const sa_op_t value_op = {value_start, value_cancel};
+const sa_op_t value_op_no_cancel = {value_start, NULL};
+
+void record_cont(sa_future_t future, int status, void *value, void *data) {
+  struct cont_rec *rec = data;
+  rec->calls++;
+  rec->status = status;
+  rec->value = value;
+  rec->thread = pthread_self();
+  rec->loop = sa_current_loop();
+  if (rec->release)
+    cr_assert_eq(sa_future_release(future), 0);
+}
+
+struct in_loop {
+  sa_test_in_loop_fn fn;
+  void *data;
+  uv_timer_t timer;
+};
+
+static void in_loop_cb(uv_timer_t *timer) {
+  struct in_loop *il = timer->data;
+  uv_close((uv_handle_t *)timer, NULL);
+  il->fn(timer->loop, il->data);
+}
+
+void sa_test_in_loop(sa_test_in_loop_fn fn, void *data) {
+  uv_loop_t loop;
+  struct in_loop il = {.fn = fn, .data = data};
+  cr_assert_eq(uv_loop_init(&loop), 0);
+  cr_assert_eq(uv_timer_init(&loop, &il.timer), 0);
+  il.timer.data = &il;
+  cr_assert_eq(uv_timer_start(&il.timer, in_loop_cb, 0, 0), 0);
+  cr_assert_geq(sa_run(&loop, UV_RUN_DEFAULT), 0);
+  int rc = sa_loop_close(&loop);
+  cr_assert_eq(rc, 0, "sa_loop_close: %s", sa_strerror(rc));
+}
+
+int sa_test_count_fds(void) {
+  /* libuv opens a process-wide signal pipe with the first loop: open it now
+   * so that it is in every count. */
+  static bool libuv_warm;
+  if (!libuv_warm) {
+    uv_loop_t loop;
+    cr_assert_eq(uv_loop_init(&loop), 0);
+    cr_assert_eq(uv_loop_close(&loop), 0);
+    libuv_warm = true;
+  }
+  DIR *dir = opendir("/proc/self/fd");
+  cr_assert_not_null(dir);
+  int n = 0;
+  while (readdir(dir))
+    n++;
+  closedir(dir);
+  return n;
+}

@@ -1,0 +1,70 @@
+/* SA-LOOP-*: loops run through the dispatcher. */
+#include "sa_test.h"
+
+#include <criterion/criterion.h>
+
+struct reenter {
+  int run_rc;
+  int enter_rc;
+};
+
+static void reenter_in_loop(uv_loop_t *loop, void *data) {
+  struct reenter *r = data;
+  r->run_rc = sa_run(loop, UV_RUN_NOWAIT);
+  r->enter_rc = sa_enter(loop);
+  cr_assert_eq(sa_current_loop(), loop);
+}
+
+Test(SA_LOOP_1, reentering_a_running_loop_is_ebusy) {
+  struct reenter r = {0};
+  sa_test_in_loop(reenter_in_loop, &r);
+  cr_assert_eq(r.run_rc, SA_EBUSY, "SA-LOOP-1: sa_run inside its own loop returned %d",
+               r.run_rc);
+  cr_assert_eq(r.enter_rc, SA_EBUSY, "SA-LOOP-1: sa_enter inside its own loop returned %d",
+               r.enter_rc);
+  cr_assert_null(sa_current_loop());
+}
+
+struct pending_close {
+  struct value_req slow, req;
+  sa_future_t slow_f, f;
+};
+
+static void start_pending(uv_timer_t *timer) {
+  struct pending_close *p = timer->data;
+  uv_close((uv_handle_t *)timer, NULL);
+  cr_assert_eq(sa_dispatch(&value_op, &p->slow, SA_MODE_AUTO, NULL, &p->slow_f), SA_PENDING);
+  cr_assert_eq(sa_dispatch(&value_op, &p->req, SA_MODE_AUTO, NULL, &p->f), SA_PENDING);
+  uv_stop(timer->loop);
+}
+
+Test(SA_LOOP_2, close_refuses_pending_then_releases_everything) {
+  for (int i = 0; i < 3; i++) {
+    const char *w = sa_test_when_name(sa_test_whens[i]);
+    int fds_before = sa_test_count_fds();
+    uv_loop_t loop;
+    uv_timer_t timer;
+    struct pending_close p = {.slow = {.when = SA_TEST_LATER, .delay_ms = 20},
+                              .req = {.when = sa_test_whens[i]}};
+    cr_assert_eq(uv_loop_init(&loop), 0);
+    uv_timer_init(&loop, &timer);
+    timer.data = &p;
+    uv_timer_start(&timer, start_pending, 0, 0);
+    sa_run(&loop, UV_RUN_DEFAULT); /* stops right after the dispatches */
+    cr_assert_eq(sa_future_status(p.slow_f, NULL), SA_PENDING);
+    cr_assert_eq(sa_loop_close(&loop), SA_EBUSY,
+                 "SA-LOOP-2 (%s): closing a loop with a pending call did not say SA_EBUSY", w);
+    sa_run(&loop, UV_RUN_DEFAULT);
+    cr_assert_eq(sa_future_status(p.slow_f, NULL), 0);
+    cr_assert_eq(sa_future_status(p.f, NULL), 0);
+    cr_assert_eq(sa_future_release(p.slow_f), 0);
+    cr_assert_eq(sa_future_release(p.f), 0);
+    int rc = sa_loop_close(&loop);
+    cr_assert_eq(rc, 0, "SA-LOOP-2 (%s): sa_loop_close returned %s", w, sa_strerror(rc));
+    cr_assert_eq(sa_test_count_fds(), fds_before, "SA-LOOP-2 (%s): file descriptors leaked", w);
+  }
+  /* A loop the dispatcher never ran closes too. */
+  uv_loop_t plain;
+  cr_assert_eq(uv_loop_init(&plain), 0);
+  cr_assert_eq(sa_loop_close(&plain), 0, "SA-LOOP-2: plain loop");
+}

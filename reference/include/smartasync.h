@@ -1,0 +1,156 @@
+/*
+ * smartasync.h - dual-mode dispatch of asynchronous libuv operations.
+ *
+ * An operation (sa_op_t) is written once, in continuation style on libuv.
+ * sa_dispatch() calls it from either world:
+ *
+ *   sync context   (the thread is not inside a loop run through this API):
+ *                  the call runs the op to completion on the thread's private,
+ *                  persistent loop and returns the op's status and value;
+ *   async context  (the thread is inside a callback of a loop run through
+ *                  sa_run() or an sa_enter()/sa_leave() scope): the call
+ *                  starts the op on that loop and returns SA_PENDING with a
+ *                  future, completed on that loop after the call returned.
+ *
+ * The context is detected per thread; an explicit mode always overrides it.
+ * SPEC.md is the contract: each requirement is cited as [SA-XXX-N] below.
+ *
+ * Error codes are negative errno values, as in libuv.
+ */
+#ifndef SMARTASYNC_H
+#define SMARTASYNC_H
+
+#include <errno.h>
+#include <stdint.h>
+#include <uv.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Return codes [SA-ERR-1]. SA_PENDING is the only positive one. */
+#define SA_PENDING    1            /* async: the result will come through the future */
+#define SA_EINVAL     (-EINVAL)    /* NULL or invalid argument */
+#define SA_ENOMEM     (-ENOMEM)    /* out of memory */
+#define SA_ESTALE     (-ESTALE)    /* the future was released, or never existed */
+#define SA_EALREADY   (-EALREADY)  /* call completed twice, continuation set twice */
+#define SA_EDEADLK    (-EDEADLK)   /* waiting would block the loop that must deliver */
+#define SA_ELOOP      (-ELOOP)     /* nested sync calls deeper than SA_MAX_SYNC_DEPTH */
+#define SA_EBUSY      (-EBUSY)     /* loop already running on this thread, or has pending calls */
+#define SA_EPERM      (-EPERM)     /* not allowed from this thread */
+#define SA_ENOTSUP    (-ENOTSUP)   /* the op has no cancel hook */
+#define SA_ECANCELED  (-ECANCELED) /* the call was cancelled or its loop went away */
+
+/* Forced-sync calls may nest this deep on one thread [SA-MODE-3]. */
+#define SA_MAX_SYNC_DEPTH 4
+
+typedef enum {
+  SA_MODE_AUTO = 0, /* detect the context [SA-DET-1, SA-DET-2] */
+  SA_MODE_SYNC,     /* block until done, whatever the context [SA-MODE-1] */
+  SA_MODE_ASYNC     /* return a future, whatever the context [SA-MODE-4] */
+} sa_mode_t;
+
+/* One call of an op in flight, as the op sees it. Valid from start until
+ * the op completes it with sa_complete(). */
+typedef struct sa_call sa_call_t;
+
+/* The caller's handle on an async call: a value, copied freely. A handle
+ * outlives its future; using it after sa_future_release() is detected. */
+typedef struct sa_future {
+  uint64_t id; /* 0 is the null future */
+} sa_future_t;
+
+#define SA_FUTURE_NULL ((sa_future_t){0})
+
+typedef struct sa_op {
+  /* Start the work on `loop` for `arg`; complete it exactly once with
+   * sa_complete(), inside start or later from a callback of `loop`. */
+  void (*start)(sa_call_t *call, uv_loop_t *loop, void *arg);
+  /* Optional: ask the work to stop early. It should then complete the call,
+   * typically with SA_ECANCELED. NULL if the op cannot be cancelled. */
+  void (*cancel)(sa_call_t *call, uv_loop_t *loop, void *arg);
+} sa_op_t;
+
+/* Called on the future's loop thread when the result is delivered. */
+typedef void (*sa_continuation_cb)(sa_future_t future, int status,
+                                   void *value, void *data);
+
+/* ---- dispatch ---------------------------------------------------------- */
+
+/* Call `op` with `arg` in `mode`.
+ * Sync:  returns the op's status (0 or negative) and stores its value in
+ *        *value (if value is not NULL); *future, if given, is set to null.
+ * Async: returns SA_PENDING and stores the future in *future, which is
+ *        required for SA_MODE_AUTO and SA_MODE_ASYNC.
+ * Dispatcher errors (SA_EINVAL, SA_ENOMEM, SA_ELOOP) mean the op did not start. */
+int sa_dispatch(const sa_op_t *op, void *arg, sa_mode_t mode,
+                void **value, sa_future_t *future);
+
+/* Complete `call` with `status` (0 or negative) and `value`. Must be called
+ * on the thread running the call's loop. Returns 0, SA_EALREADY if the call
+ * was already completed, SA_EINVAL, or SA_EPERM from the wrong thread. */
+int sa_complete(sa_call_t *call, int status, void *value);
+
+/* ---- context ----------------------------------------------------------- */
+
+/* The loop the calling thread is in async context on, or NULL in sync
+ * context [SA-DET-1]. A thread-local read: nanoseconds. */
+uv_loop_t *sa_current_loop(void);
+
+/* uv_run() with the calling thread in async context on `loop` [SA-DET-2].
+ * Returns uv_run's result, or SA_EBUSY if the loop is already running on
+ * this thread [SA-LOOP-1]. */
+int sa_run(uv_loop_t *loop, uv_run_mode mode);
+
+/* Scope for loops the application runs itself: between sa_enter(loop) and
+ * sa_leave(loop) the thread is in async context on `loop` [SA-DET-3].
+ * Bracket the uv_run() call, or the body of a callback. Scopes nest;
+ * sa_leave must name the innermost scope's loop (else SA_EINVAL). */
+int sa_enter(uv_loop_t *loop);
+int sa_leave(uv_loop_t *loop);
+
+/* Release what the dispatcher keeps on an application loop, then
+ * uv_loop_close() it. SA_EBUSY while calls on it are pending or it is
+ * running [SA-LOOP-2]. Use it instead of uv_loop_close() for any loop the
+ * dispatcher has run. */
+int sa_loop_close(uv_loop_t *loop);
+
+/* Free the calling thread's private loops now rather than at thread exit
+ * (for the main thread, whose thread-exit hooks do not run at exit()).
+ * Pending calls on them are settled with SA_ECANCELED. Must be called in
+ * sync context (else SA_EBUSY). */
+int sa_thread_cleanup(void);
+
+/* ---- futures [SA-FUT-*] ------------------------------------------------ */
+
+/* SA_PENDING until the result is delivered, then the op's status; the value
+ * goes to *value (if not NULL). Any thread. */
+int sa_future_status(sa_future_t future, void **value);
+
+/* Call `cb` once when the result is delivered: on the loop thread, never
+ * inside this call, also when the result is already there. Only from the
+ * future's own thread (SA_EPERM); a second continuation is SA_EALREADY. */
+int sa_future_then(sa_future_t future, sa_continuation_cb cb, void *data);
+
+/* Block until the result is delivered; returns the op's status.
+ * On the future's own thread it drives the future's loop, or returns
+ * SA_EDEADLK if that loop is running on this thread. From another thread it
+ * sleeps until the owner thread delivers. */
+int sa_future_wait(sa_future_t future, void **value);
+
+/* Ask a pending call to stop, through its op's cancel hook. Only from the
+ * future's own thread. SA_ENOTSUP if the op has no hook; 0 if done already. */
+int sa_future_cancel(sa_future_t future);
+
+/* Give the future back. A pending call runs on, its result is dropped and
+ * its continuation is not called. Any thread; the second release of a
+ * handle is SA_ESTALE. */
+int sa_future_release(sa_future_t future);
+
+/* A short description of any SA_* code (and of other negative errno codes). */
+const char *sa_strerror(int code);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* SMARTASYNC_H */

@@ -1,0 +1,912 @@
+/*
+ * smartasync.c - the reference dual-mode dispatcher.
+ *
+ * How it works, in one page:
+ *
+ * - Context. Each thread keeps a stack of scopes in thread-local storage; a
+ *   scope names a loop the thread is inside (sa_run, sa_enter, a sync call,
+ *   a future wait). Empty stack = sync context. Nothing is process-wide, so
+ *   no thread and no past run can fool the detection [SA-DET-*].
+ *
+ * - Sync calls run on the thread's private loops. Private loop 0 serves
+ *   calls from sync context and lives until the thread exits; a forced sync
+ *   call made while a loop is running takes the lowest private loop that is
+ *   not running, so no loop is ever re-entered [SA-MODE-2, SA-MODE-3]. The
+ *   call record lives on the caller's stack. The wait is
+ *   `while (!done) uv_run(UV_RUN_DEFAULT)` with the completion calling
+ *   uv_stop(): UV_RUN_ONCE can hang in libuv 1.44.2 when a timer completes
+ *   the call while another handle is alive.
+ *
+ * - Async calls get a record from a pool of type-stable records (never
+ *   freed while the process lives) addressed by handles carrying a
+ *   generation, so a released future is detected, not dereferenced
+ *   [SA-FUT-6]. A completion made inside the op's start function is queued
+ *   on the loop's context and delivered by an idle handle once the call has
+ *   returned [SA-ASYNC-3]; a later completion is delivered at once.
+ *
+ * - Every cross-thread transition of a record goes through one atomic word
+ *   (generation | flags), so "delivered", "released" and "freed" happen
+ *   exactly once whatever the interleaving.
+ */
+#include "smartasync.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__GNUC__)
+#define SA_TLS_MODEL __attribute__((tls_model("initial-exec")))
+#define SA_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#else
+#define SA_TLS_MODEL
+#define SA_UNLIKELY(x) (x)
+#endif
+
+#define SA_MAX_SCOPES 32
+#define CHUNK_BITS 10
+#define CHUNK_SIZE (1u << CHUNK_BITS)
+#define MAX_CHUNKS 4096u /* 4 Mi futures alive at once */
+#define NO_INDEX UINT32_MAX
+#define CACHE_REFILL 64u  /* records a thread takes from the pool at once */
+#define CACHE_HIGH 256u   /* a thread's cache spills above this */
+
+/* Flags in the low bits of a record's word; the generation is the high half. */
+#define W_DONE 1u     /* result delivered: visible to the future's holder */
+#define W_RELEASED 2u /* the holder gave the future back */
+#define W_QUEUED 4u   /* a late continuation is queued on the loop */
+#define W_FREE 8u     /* in the pool: no handle refers to it */
+#define W_GEN(w) ((uint32_t)((w) >> 32))
+#define W_NEXT_GEN_FREE(w) ((((uint64_t)W_GEN(w) + 1) << 32) | W_FREE)
+
+struct sa_thread;
+struct sa_future_rec;
+
+/* The dispatcher's state for one loop. Touched only by the thread running
+ * the loop, except `running`, which other threads may read. */
+struct sa_ctx {
+  uv_loop_t *loop;
+  atomic_uint running;   /* scopes on it, on whichever thread runs it */
+  unsigned waiting;      /* future waits driving it: deliveries stop it */
+  bool drain_ready;      /* `drain` initialised */
+  uv_idle_t drain;       /* delivers the deferred queue */
+  struct sa_future_rec *deferred_head, *deferred_tail;
+  struct sa_future_rec *pending; /* undelivered async calls */
+  unsigned npending;
+  struct sa_ctx *next_registered; /* application loops only */
+};
+
+struct sa_call {
+  const sa_op_t *op;
+  void *arg;
+  uv_loop_t *loop;
+  struct sa_ctx *ctx;
+  struct sa_thread *owner;
+  void *value;
+  int status;
+  bool is_async;
+  bool starting;  /* inside op->start: an async completion waits for return */
+  bool completed; /* sa_complete was called */
+};
+
+struct sa_future_rec {
+  struct sa_call call;
+  _Atomic uint64_t word; /* generation << 32 | W_* flags */
+  uint32_t index;
+  uint32_t next_free;
+  sa_continuation_cb cont;
+  void *cont_data;
+  struct sa_future_rec *next_deferred;
+  struct sa_future_rec *prev_pending, *next_pending;
+  atomic_int sleepers; /* threads blocked in sa_future_wait */
+  pthread_mutex_t mutex;
+  pthread_cond_t cond;
+};
+
+/* A private loop: the loop and its context in one allocation. */
+struct sa_private {
+  struct sa_ctx ctx;
+  uv_loop_t loop;
+  struct sa_private *next_abandoned;
+};
+
+struct sa_scope {
+  uv_loop_t *loop;
+  struct sa_ctx *ctx;
+};
+
+struct sa_thread {
+  unsigned depth;
+  struct sa_scope scopes[SA_MAX_SCOPES];
+  struct sa_private *priv[SA_MAX_SYNC_DEPTH];
+  uint32_t free_head; /* this thread's cache of pool records */
+  unsigned free_count;
+  bool exit_hook_set;
+};
+
+/* initial-exec: a TLS read costs a few instructions even in a shared
+ * library (the general-dynamic model calls __tls_get_addr). */
+static _Thread_local struct sa_thread sa_self SA_TLS_MODEL = {
+    .free_head = NO_INDEX};
+
+static pthread_once_t sa_once = PTHREAD_ONCE_INIT;
+static pthread_key_t sa_exit_key;
+static pthread_mutex_t sa_pool_mutex = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t sa_registry_mutex = PTHREAD_MUTEX_INITIALIZER;
+static _Atomic(struct sa_future_rec *) sa_chunks[MAX_CHUNKS];
+static unsigned sa_nchunks;             /* under sa_pool_mutex */
+static uint32_t sa_pool_free = NO_INDEX; /* under sa_pool_mutex */
+static struct sa_ctx *sa_registry;      /* under sa_registry_mutex */
+/* Private loops inherited by a fork child: never touched, kept reachable. */
+static struct sa_private *sa_abandoned;
+
+static void thread_exit(void *arg);
+
+/* ---- process-wide set-up and fork ---------------------------------------- */
+
+static void atfork_prepare(void) {
+  pthread_mutex_lock(&sa_registry_mutex);
+  pthread_mutex_lock(&sa_pool_mutex);
+}
+
+static void atfork_parent(void) {
+  pthread_mutex_unlock(&sa_pool_mutex);
+  pthread_mutex_unlock(&sa_registry_mutex);
+}
+
+/* In the child, the forking thread's private loops share their epoll and
+ * eventfd file descriptions with the parent: closing their handles would
+ * unregister the parent's fds. Abandon them; the next call makes new ones
+ * [SA-THR-3]. */
+static void atfork_child(void) {
+  pthread_mutex_init(&sa_pool_mutex, NULL);
+  pthread_mutex_init(&sa_registry_mutex, NULL);
+  struct sa_thread *t = &sa_self;
+  for (unsigned k = 0; k < SA_MAX_SYNC_DEPTH; k++) {
+    if (t->priv[k]) {
+      t->priv[k]->next_abandoned = sa_abandoned;
+      sa_abandoned = t->priv[k];
+      t->priv[k] = NULL;
+    }
+  }
+}
+
+static void init_once(void) {
+  if (pthread_key_create(&sa_exit_key, thread_exit) != 0)
+    abort(); /* only at start-up, with no keys left: nothing can work */
+  pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+}
+
+/* Ask for thread_exit() to run when this thread ends. */
+static void set_exit_hook(struct sa_thread *t) {
+  if (SA_UNLIKELY(!t->exit_hook_set)) {
+    pthread_once(&sa_once, init_once);
+    pthread_setspecific(sa_exit_key, t);
+    t->exit_hook_set = true;
+  }
+}
+
+/* ---- record pool ------------------------------------------------------- */
+
+static struct sa_future_rec *rec_at(uint32_t index) {
+  struct sa_future_rec *chunk =
+      atomic_load_explicit(&sa_chunks[index >> CHUNK_BITS], memory_order_acquire);
+  return &chunk[index & (CHUNK_SIZE - 1)];
+}
+
+static sa_future_t handle_of(struct sa_future_rec *r, uint64_t word) {
+  return (sa_future_t){((uint64_t)W_GEN(word) << 32) | ((uint64_t)r->index + 1)};
+}
+
+/* The live record a handle names, or NULL; *word gets its word. */
+static struct sa_future_rec *lookup(sa_future_t f, uint64_t *word) {
+  uint32_t index = (uint32_t)f.id - 1;
+  if ((uint32_t)f.id == 0 || (index >> CHUNK_BITS) >= MAX_CHUNKS)
+    return NULL;
+  struct sa_future_rec *chunk =
+      atomic_load_explicit(&sa_chunks[index >> CHUNK_BITS], memory_order_acquire);
+  if (!chunk)
+    return NULL;
+  struct sa_future_rec *r = &chunk[index & (CHUNK_SIZE - 1)];
+  uint64_t w = atomic_load_explicit(&r->word, memory_order_acquire);
+  if (W_GEN(w) != (uint32_t)(f.id >> 32) || (w & W_FREE))
+    return NULL;
+  *word = w;
+  return r;
+}
+
+/* Under sa_pool_mutex: add a chunk of free records to the pool. */
+static int pool_grow(void) {
+  if (sa_nchunks == MAX_CHUNKS)
+    return SA_ENOMEM;
+  struct sa_future_rec *chunk = calloc(CHUNK_SIZE, sizeof *chunk);
+  if (!chunk)
+    return SA_ENOMEM;
+  uint32_t base = sa_nchunks << CHUNK_BITS;
+  for (uint32_t i = 0; i < CHUNK_SIZE; i++) {
+    struct sa_future_rec *r = &chunk[i];
+    r->index = base + i;
+    r->next_free = i + 1 < CHUNK_SIZE ? base + i + 1 : sa_pool_free;
+    atomic_init(&r->word, ((uint64_t)1 << 32) | W_FREE);
+    pthread_mutex_init(&r->mutex, NULL);
+    pthread_cond_init(&r->cond, NULL);
+  }
+  atomic_store_explicit(&sa_chunks[sa_nchunks], chunk, memory_order_release);
+  sa_nchunks++;
+  sa_pool_free = base;
+  return 0;
+}
+
+static int cache_refill(struct sa_thread *t) {
+  int err = 0;
+  set_exit_hook(t);
+  pthread_mutex_lock(&sa_pool_mutex);
+  if (sa_pool_free == NO_INDEX)
+    err = pool_grow();
+  for (unsigned n = 0; n < CACHE_REFILL && sa_pool_free != NO_INDEX; n++) {
+    struct sa_future_rec *r = rec_at(sa_pool_free);
+    sa_pool_free = r->next_free;
+    r->next_free = t->free_head;
+    t->free_head = r->index;
+    t->free_count++;
+  }
+  pthread_mutex_unlock(&sa_pool_mutex);
+  return t->free_count ? 0 : err;
+}
+
+static void cache_spill(struct sa_thread *t, unsigned keep) {
+  pthread_mutex_lock(&sa_pool_mutex);
+  while (t->free_count > keep) {
+    struct sa_future_rec *r = rec_at(t->free_head);
+    t->free_head = r->next_free;
+    t->free_count--;
+    r->next_free = sa_pool_free;
+    sa_pool_free = r->index;
+  }
+  pthread_mutex_unlock(&sa_pool_mutex);
+}
+
+static struct sa_future_rec *rec_alloc(struct sa_thread *t) {
+  if (SA_UNLIKELY(t->free_count == 0) && cache_refill(t) != 0)
+    return NULL;
+  struct sa_future_rec *r = rec_at(t->free_head);
+  t->free_head = r->next_free;
+  t->free_count--;
+  /* Nobody else can see the record yet: a relaxed store suffices. */
+  uint64_t w = atomic_load_explicit(&r->word, memory_order_relaxed);
+  atomic_store_explicit(&r->word, w & ~(uint64_t)W_FREE, memory_order_relaxed);
+  return r;
+}
+
+/* Return a record whose word already says W_FREE to this thread's cache. */
+static void rec_recycle(struct sa_future_rec *r) {
+  struct sa_thread *t = &sa_self;
+  set_exit_hook(t);
+  r->next_free = t->free_head;
+  t->free_head = r->index;
+  if (++t->free_count > CACHE_HIGH)
+    cache_spill(t, CACHE_HIGH / 2);
+}
+
+/* ---- scopes ------------------------------------------------------------ */
+
+static void ctx_running_add(struct sa_ctx *ctx, int delta) {
+  /* Only the thread running the loop writes: no read-modify-write needed. */
+  unsigned n = atomic_load_explicit(&ctx->running, memory_order_relaxed);
+  atomic_store_explicit(&ctx->running, n + (unsigned)delta, memory_order_relaxed);
+}
+
+static int scope_push(struct sa_thread *t, struct sa_ctx *ctx) {
+  if (SA_UNLIKELY(t->depth == SA_MAX_SCOPES))
+    return SA_ELOOP;
+  t->scopes[t->depth].loop = ctx->loop;
+  t->scopes[t->depth].ctx = ctx;
+  t->depth++;
+  ctx_running_add(ctx, 1);
+  return 0;
+}
+
+static void scope_pop(struct sa_thread *t) {
+  ctx_running_add(t->scopes[--t->depth].ctx, -1);
+}
+
+static struct sa_ctx *top_ctx(const struct sa_thread *t) {
+  return t->depth ? t->scopes[t->depth - 1].ctx : NULL;
+}
+
+static bool in_scope(const struct sa_thread *t, const struct sa_ctx *ctx) {
+  for (unsigned i = 0; i < t->depth; i++)
+    if (t->scopes[i].ctx == ctx)
+      return true;
+  return false;
+}
+
+uv_loop_t *sa_current_loop(void) {
+  const struct sa_thread *t = &sa_self;
+  return t->depth ? t->scopes[t->depth - 1].loop : NULL;
+}
+
+/* ---- delivery ---------------------------------------------------------- */
+
+static void pending_link(struct sa_ctx *ctx, struct sa_future_rec *r) {
+  r->prev_pending = NULL;
+  r->next_pending = ctx->pending;
+  if (ctx->pending)
+    ctx->pending->prev_pending = r;
+  ctx->pending = r;
+  ctx->npending++;
+}
+
+static void pending_unlink(struct sa_ctx *ctx, struct sa_future_rec *r) {
+  if (r->prev_pending)
+    r->prev_pending->next_pending = r->next_pending;
+  else
+    ctx->pending = r->next_pending;
+  if (r->next_pending)
+    r->next_pending->prev_pending = r->prev_pending;
+  ctx->npending--;
+}
+
+static void wake_sleepers(struct sa_future_rec *r) {
+  if (atomic_load(&r->sleepers)) {
+    pthread_mutex_lock(&r->mutex);
+    pthread_cond_broadcast(&r->cond);
+    pthread_mutex_unlock(&r->mutex);
+  }
+}
+
+/* Mark the result delivered. Returns the word before, whose W_RELEASED says
+ * whether the holder already let go (the record is then freed, unless
+ * `keep_released` asks the caller to free it later). */
+static uint64_t mark_done(struct sa_future_rec *r, bool keep_released) {
+  uint64_t w = atomic_load_explicit(&r->word, memory_order_relaxed), next;
+  do {
+    next = (w & W_RELEASED) && !keep_released ? W_NEXT_GEN_FREE(w) : w | W_DONE;
+  } while (!atomic_compare_exchange_weak_explicit(
+      &r->word, &w, next, memory_order_acq_rel, memory_order_relaxed));
+  wake_sleepers(r);
+  return w;
+}
+
+static void deliver(struct sa_future_rec *r) {
+  struct sa_ctx *ctx = r->call.ctx;
+  pending_unlink(ctx, r);
+  /* Read everything before the record can change hands. */
+  sa_continuation_cb cb = r->cont;
+  void *data = r->cont_data;
+  int status = r->call.status;
+  void *value = r->call.value;
+  uint64_t w = mark_done(r, false);
+  if (ctx->waiting)
+    uv_stop(ctx->loop); /* a future wait drives this loop: let it look */
+  if (w & W_RELEASED) {
+    rec_recycle(r);
+    return;
+  }
+  if (cb)
+    cb(handle_of(r, w), status, value, data);
+}
+
+/* Take a late continuation off the queue. Returns true if the holder
+ * still has the future; false if it was released meanwhile (freed now). */
+static bool unqueue_late(struct sa_future_rec *r, uint64_t *word) {
+  uint64_t w = atomic_load_explicit(&r->word, memory_order_relaxed), next;
+  do {
+    next = (w & W_RELEASED) ? W_NEXT_GEN_FREE(w) : w & ~(uint64_t)W_QUEUED;
+  } while (!atomic_compare_exchange_weak_explicit(
+      &r->word, &w, next, memory_order_acq_rel, memory_order_relaxed));
+  *word = w;
+  if (w & W_RELEASED) {
+    rec_recycle(r);
+    return false;
+  }
+  return true;
+}
+
+/* A continuation attached after delivery: run it unless released since. */
+static void run_late_continuation(struct sa_future_rec *r) {
+  uint64_t w;
+  if (unqueue_late(r, &w))
+    r->cont(handle_of(r, w), r->call.status, r->call.value, r->cont_data);
+}
+
+static void on_drain(uv_idle_t *idle) {
+  struct sa_ctx *ctx = idle->data;
+  struct sa_thread *t = &sa_self;
+  struct sa_future_rec *r = ctx->deferred_head;
+  ctx->deferred_head = ctx->deferred_tail = NULL;
+  uv_idle_stop(idle);
+  /* Continuations are async context on this loop, also when the
+   * application runs it without a scope around uv_run. */
+  bool pushed = top_ctx(t) != ctx && scope_push(t, ctx) == 0;
+  while (r) {
+    struct sa_future_rec *next = r->next_deferred;
+    if (atomic_load_explicit(&r->word, memory_order_relaxed) & W_DONE)
+      run_late_continuation(r);
+    else
+      deliver(r);
+    r = next;
+  }
+  if (pushed)
+    scope_pop(t);
+}
+
+/* Queue `r` for delivery from the loop, after the current call returns. */
+static int defer(struct sa_ctx *ctx, struct sa_future_rec *r) {
+  if (SA_UNLIKELY(!ctx->drain_ready)) {
+    int err = uv_idle_init(ctx->loop, &ctx->drain);
+    if (err)
+      return err;
+    ctx->drain.data = ctx;
+    ctx->drain_ready = true;
+  }
+  r->next_deferred = NULL;
+  if (ctx->deferred_tail)
+    ctx->deferred_tail->next_deferred = r;
+  else
+    ctx->deferred_head = r;
+  ctx->deferred_tail = r;
+  return uv_idle_start(&ctx->drain, on_drain);
+}
+
+/* ---- loops and contexts ------------------------------------------------ */
+
+static void ctx_init(struct sa_ctx *ctx, uv_loop_t *loop) {
+  memset(ctx, 0, sizeof *ctx);
+  ctx->loop = loop;
+  atomic_init(&ctx->running, 0);
+}
+
+static void close_any(uv_handle_t *handle, void *unused) {
+  (void)unused;
+  if (!uv_is_closing(handle))
+    uv_close(handle, NULL);
+}
+
+/* Settle every undelivered call on `ctx` with SA_ECANCELED, close every
+ * handle of its loop and close the loop. Continuations are not called: the
+ * loop they would run on is going away. */
+static void private_destroy(struct sa_private *p) {
+  struct sa_ctx *ctx = &p->ctx;
+  struct sa_future_rec *released = NULL;
+  struct sa_future_rec *q = ctx->deferred_head;
+  ctx->deferred_head = ctx->deferred_tail = NULL;
+  while (q) {
+    struct sa_future_rec *r = q;
+    uint64_t w;
+    q = r->next_deferred;
+    if ((atomic_load_explicit(&r->word, memory_order_relaxed) & W_DONE) &&
+        unqueue_late(r, &w))
+      r->call.ctx = NULL; /* late continuation dropped with its loop */
+  }
+  while (ctx->pending) {
+    struct sa_future_rec *r = ctx->pending;
+    pending_unlink(ctx, r);
+    if (!r->call.completed) {
+      r->call.completed = true;
+      r->call.status = SA_ECANCELED;
+      r->call.value = NULL;
+    }
+    /* Ops may still call sa_complete on it while the loop drains: keep a
+     * released record out of the pool until then. */
+    r->call.ctx = NULL; /* its loop is going: then() must not queue here */
+    if (mark_done(r, true) & W_RELEASED) {
+      r->next_deferred = released;
+      released = r;
+    }
+  }
+  uv_walk(&p->loop, close_any, NULL);
+  while (uv_loop_close(&p->loop) == UV_EBUSY)
+    uv_run(&p->loop, UV_RUN_DEFAULT);
+  while (released) {
+    struct sa_future_rec *r = released;
+    released = r->next_deferred;
+    atomic_store(&r->word, W_NEXT_GEN_FREE(atomic_load(&r->word)));
+    rec_recycle(r);
+  }
+  free(p);
+}
+
+static void private_destroy_all(struct sa_thread *t) {
+  for (unsigned k = 0; k < SA_MAX_SYNC_DEPTH; k++) {
+    struct sa_private *p = t->priv[k];
+    if (p) {
+      t->priv[k] = NULL;
+      private_destroy(p);
+    }
+  }
+}
+
+static void thread_exit(void *arg) {
+  struct sa_thread *t = arg;
+  private_destroy_all(t);
+  cache_spill(t, 0);
+  t->exit_hook_set = false;
+}
+
+int sa_thread_cleanup(void) {
+  struct sa_thread *t = &sa_self;
+  if (t->depth)
+    return SA_EBUSY;
+  private_destroy_all(t);
+  return 0;
+}
+
+/* The lowest private loop not running on this thread, created on demand. */
+static int pick_private(struct sa_thread *t, struct sa_private **out) {
+  for (unsigned k = 0; k < SA_MAX_SYNC_DEPTH; k++) {
+    struct sa_private *p = t->priv[k];
+    if (!p) {
+      set_exit_hook(t);
+      p = malloc(sizeof *p);
+      if (!p)
+        return SA_ENOMEM;
+      ctx_init(&p->ctx, &p->loop);
+      int err = uv_loop_init(&p->loop);
+      if (err) {
+        free(p);
+        return err;
+      }
+      t->priv[k] = p;
+    }
+    if (atomic_load_explicit(&p->ctx.running, memory_order_relaxed) == 0) {
+      *out = p;
+      return 0;
+    }
+  }
+  return SA_ELOOP;
+}
+
+/* The context of `loop`: a private loop of this thread, or an application
+ * loop from the registry (added if `create`). */
+static struct sa_ctx *ctx_of(struct sa_thread *t, uv_loop_t *loop, bool create) {
+  for (unsigned k = 0; k < SA_MAX_SYNC_DEPTH; k++)
+    if (t->priv[k] && &t->priv[k]->loop == loop)
+      return &t->priv[k]->ctx;
+  pthread_mutex_lock(&sa_registry_mutex);
+  struct sa_ctx *ctx = sa_registry;
+  while (ctx && ctx->loop != loop)
+    ctx = ctx->next_registered;
+  if (!ctx && create && (ctx = malloc(sizeof *ctx)) != NULL) {
+    ctx_init(ctx, loop);
+    ctx->next_registered = sa_registry;
+    sa_registry = ctx;
+  }
+  pthread_mutex_unlock(&sa_registry_mutex);
+  return ctx;
+}
+
+int sa_enter(uv_loop_t *loop) {
+  struct sa_thread *t = &sa_self;
+  if (!loop)
+    return SA_EINVAL;
+  if (t->depth >= SA_MAX_SCOPES - 1) /* keep a slot for on_drain */
+    return SA_ELOOP;
+  struct sa_ctx *ctx = ctx_of(t, loop, true);
+  if (!ctx)
+    return SA_ENOMEM;
+  if (atomic_load_explicit(&ctx->running, memory_order_relaxed))
+    return SA_EBUSY;
+  return scope_push(t, ctx);
+}
+
+int sa_leave(uv_loop_t *loop) {
+  struct sa_thread *t = &sa_self;
+  if (!loop || !t->depth || t->scopes[t->depth - 1].loop != loop)
+    return SA_EINVAL;
+  scope_pop(t);
+  return 0;
+}
+
+int sa_run(uv_loop_t *loop, uv_run_mode mode) {
+  if (mode != UV_RUN_DEFAULT && mode != UV_RUN_ONCE && mode != UV_RUN_NOWAIT)
+    return SA_EINVAL;
+  int err = sa_enter(loop);
+  if (err)
+    return err;
+  int r = uv_run(loop, mode);
+  sa_leave(loop);
+  return r;
+}
+
+int sa_loop_close(uv_loop_t *loop) {
+  struct sa_thread *t = &sa_self;
+  if (!loop)
+    return SA_EINVAL;
+  for (unsigned k = 0; k < SA_MAX_SYNC_DEPTH; k++)
+    if (t->priv[k] && &t->priv[k]->loop == loop)
+      return SA_EPERM; /* the dispatcher's own: freed at thread exit */
+  pthread_mutex_lock(&sa_registry_mutex);
+  struct sa_ctx **link = &sa_registry;
+  while (*link && (*link)->loop != loop)
+    link = &(*link)->next_registered;
+  struct sa_ctx *ctx = *link;
+  if (ctx) {
+    if (atomic_load_explicit(&ctx->running, memory_order_relaxed) ||
+        ctx->npending || ctx->deferred_head) {
+      pthread_mutex_unlock(&sa_registry_mutex);
+      return SA_EBUSY;
+    }
+    *link = ctx->next_registered;
+  }
+  pthread_mutex_unlock(&sa_registry_mutex);
+  if (ctx) {
+    if (ctx->drain_ready) {
+      uv_close((uv_handle_t *)&ctx->drain, NULL);
+      uv_run(loop, UV_RUN_NOWAIT); /* finishes the close */
+    }
+    free(ctx);
+  }
+  return uv_loop_close(loop);
+}
+
+/* ---- dispatch ---------------------------------------------------------- */
+
+static int run_sync(struct sa_thread *t, const sa_op_t *op, void *arg,
+                    void **value) {
+  struct sa_private *p;
+  int err = pick_private(t, &p);
+  if (SA_UNLIKELY(err))
+    return err;
+  struct sa_call call = {.op = op,
+                         .arg = arg,
+                         .loop = &p->loop,
+                         .ctx = &p->ctx,
+                         .owner = t,
+                         .starting = true};
+  if (SA_UNLIKELY((err = scope_push(t, &p->ctx)) != 0))
+    return err;
+  op->start(&call, &p->loop, arg);
+  call.starting = false;
+  while (!call.completed) {
+    /* uv_run returns 0 when nothing is left that could complete the call. */
+    if (uv_run(&p->loop, UV_RUN_DEFAULT) == 0 && !call.completed) {
+      call.completed = true;
+      call.status = SA_EDEADLK;
+      call.value = NULL;
+    }
+  }
+  scope_pop(t);
+  if (value)
+    *value = call.value;
+  return call.status;
+}
+
+static int run_async(struct sa_thread *t, struct sa_ctx *ctx, const sa_op_t *op,
+                     void *arg, sa_future_t *future) {
+  struct sa_future_rec *r = rec_alloc(t);
+  if (SA_UNLIKELY(!r))
+    return SA_ENOMEM;
+  r->call = (struct sa_call){.op = op,
+                             .arg = arg,
+                             .loop = ctx->loop,
+                             .ctx = ctx,
+                             .owner = t,
+                             .is_async = true,
+                             .starting = true};
+  r->cont = NULL;
+  r->cont_data = NULL;
+  pending_link(ctx, r);
+  *future = handle_of(r, atomic_load_explicit(&r->word, memory_order_relaxed));
+  op->start(&r->call, ctx->loop, arg);
+  r->call.starting = false;
+  if (r->call.completed) {
+    int err = defer(ctx, r); /* completed inline: deliver after we return */
+    if (SA_UNLIKELY(err)) {
+      deliver(r); /* cannot defer: never lose a result */
+      return err;
+    }
+  }
+  return SA_PENDING;
+}
+
+int sa_dispatch(const sa_op_t *op, void *arg, sa_mode_t mode, void **value,
+                sa_future_t *future) {
+  struct sa_thread *t = &sa_self;
+  if (SA_UNLIKELY(!op || !op->start || (unsigned)mode > SA_MODE_ASYNC ||
+                  (!future && mode != SA_MODE_SYNC)))
+    return SA_EINVAL;
+  if (future)
+    *future = SA_FUTURE_NULL;
+  if (mode == SA_MODE_SYNC || (mode == SA_MODE_AUTO && t->depth == 0))
+    return run_sync(t, op, arg, value);
+  if (value)
+    *value = NULL;
+  if (t->depth)
+    return run_async(t, top_ctx(t), op, arg, future);
+  /* Async forced in sync context: start on private loop 0, in async
+   * context on it; waiting on the future drives it [SA-MODE-4]. */
+  struct sa_private *p;
+  int err = pick_private(t, &p);
+  if (err)
+    return err;
+  scope_push(t, &p->ctx);
+  err = run_async(t, &p->ctx, op, arg, future);
+  scope_pop(t);
+  return err;
+}
+
+int sa_complete(sa_call_t *call, int status, void *value) {
+  struct sa_thread *t = &sa_self;
+  if (SA_UNLIKELY(!call || status > 0))
+    return SA_EINVAL;
+  if (SA_UNLIKELY(call->owner != t))
+    return SA_EPERM;
+  if (SA_UNLIKELY(call->completed))
+    return SA_EALREADY;
+  call->completed = true;
+  call->status = status;
+  call->value = value;
+  if (!call->is_async) {
+    if (!call->starting)
+      uv_stop(call->loop); /* the sync wait checks at once */
+    return 0;
+  }
+  if (call->starting)
+    return 0; /* run_async defers it when start returns */
+  struct sa_future_rec *r = (struct sa_future_rec *)call;
+  if (top_ctx(t) == call->ctx)
+    deliver(r);
+  else if (defer(call->ctx, r) != 0)
+    deliver(r);
+  return 0;
+}
+
+/* ---- futures ----------------------------------------------------------- */
+
+static int result_of(struct sa_future_rec *r, sa_future_t f, void **value) {
+  int status = r->call.status;
+  void *v = r->call.value;
+  uint64_t w = atomic_load_explicit(&r->word, memory_order_acquire);
+  if (W_GEN(w) != (uint32_t)(f.id >> 32))
+    return SA_ESTALE; /* released while we looked */
+  if (value)
+    *value = v;
+  return status;
+}
+
+int sa_future_status(sa_future_t future, void **value) {
+  uint64_t w;
+  if (future.id == 0)
+    return SA_EINVAL;
+  struct sa_future_rec *r = lookup(future, &w);
+  if (!r)
+    return SA_ESTALE;
+  if (!(w & W_DONE))
+    return SA_PENDING;
+  return result_of(r, future, value);
+}
+
+int sa_future_then(sa_future_t future, sa_continuation_cb cb, void *data) {
+  uint64_t w;
+  if (future.id == 0 || !cb)
+    return SA_EINVAL;
+  struct sa_future_rec *r = lookup(future, &w);
+  if (!r)
+    return SA_ESTALE;
+  if (r->call.owner != &sa_self)
+    return SA_EPERM;
+  if (r->cont)
+    return SA_EALREADY;
+  if (!r->call.ctx)
+    return SA_ECANCELED; /* settled when its loop went away */
+  if (!(w & W_DONE)) {
+    r->cont = cb;
+    r->cont_data = data;
+    return 0;
+  }
+  /* Already delivered: queue the continuation on the loop. The holder may
+   * release from another thread meanwhile, hence the compare-exchange. */
+  do {
+    if (W_GEN(w) != (uint32_t)(future.id >> 32) || (w & W_RELEASED))
+      return SA_ESTALE;
+  } while (!atomic_compare_exchange_weak(&r->word, &w, w | W_QUEUED));
+  r->cont = cb;
+  r->cont_data = data;
+  int err = defer(r->call.ctx, r);
+  if (err) {
+    r->cont = NULL;
+    atomic_fetch_and(&r->word, ~(uint64_t)W_QUEUED);
+  }
+  return err;
+}
+
+/* Sleep until another thread delivers `r`. */
+static void sleep_until_done(struct sa_future_rec *r) {
+  atomic_fetch_add(&r->sleepers, 1);
+  pthread_mutex_lock(&r->mutex);
+  while (!(atomic_load(&r->word) & W_DONE))
+    pthread_cond_wait(&r->cond, &r->mutex);
+  pthread_mutex_unlock(&r->mutex);
+  atomic_fetch_sub(&r->sleepers, 1);
+}
+
+int sa_future_wait(sa_future_t future, void **value) {
+  struct sa_thread *t = &sa_self;
+  uint64_t w;
+  if (future.id == 0)
+    return SA_EINVAL;
+  struct sa_future_rec *r = lookup(future, &w);
+  if (!r)
+    return SA_ESTALE;
+  if (w & W_DONE)
+    return result_of(r, future, value);
+  struct sa_ctx *ctx = r->call.ctx;
+  if (r->call.owner != t ||
+      atomic_load_explicit(&ctx->running, memory_order_relaxed)) {
+    if (r->call.owner == t && in_scope(t, ctx))
+      return SA_EDEADLK; /* only this thread could deliver it */
+    sleep_until_done(r);
+    return result_of(r, future, value);
+  }
+  int err = scope_push(t, ctx);
+  if (err)
+    return err;
+  ctx->waiting++;
+  while (!(atomic_load_explicit(&r->word, memory_order_acquire) & W_DONE)) {
+    if (uv_run(ctx->loop, UV_RUN_DEFAULT) == 0 &&
+        !(atomic_load_explicit(&r->word, memory_order_acquire) & W_DONE)) {
+      err = SA_EDEADLK; /* nothing left on the loop can complete it */
+      break;
+    }
+  }
+  ctx->waiting--;
+  scope_pop(t);
+  return err ? err : result_of(r, future, value);
+}
+
+int sa_future_cancel(sa_future_t future) {
+  uint64_t w;
+  if (future.id == 0)
+    return SA_EINVAL;
+  struct sa_future_rec *r = lookup(future, &w);
+  if (!r)
+    return SA_ESTALE;
+  if (r->call.owner != &sa_self)
+    return SA_EPERM;
+  if (r->call.completed)
+    return 0;
+  if (!r->call.op->cancel)
+    return SA_ENOTSUP;
+  r->call.op->cancel(&r->call, r->call.loop, r->call.arg);
+  return 0;
+}
+
+int sa_future_release(sa_future_t future) {
+  uint64_t w, next;
+  if (future.id == 0)
+    return SA_EINVAL;
+  struct sa_future_rec *r = lookup(future, &w);
+  if (!r)
+    return SA_ESTALE;
+  do {
+    if (W_GEN(w) != (uint32_t)(future.id >> 32) || (w & (W_RELEASED | W_FREE)))
+      return SA_ESTALE;
+    /* Delivered and no continuation queued: free now. Otherwise the loop
+     * frees it when it gets there. */
+    next = (w & W_DONE) && !(w & W_QUEUED) ? W_NEXT_GEN_FREE(w) : w | W_RELEASED;
+  } while (!atomic_compare_exchange_weak(&r->word, &w, next));
+  if (next & W_FREE)
+    rec_recycle(r);
+  return 0;
+}
+
+const char *sa_strerror(int code) {
+  switch (code) {
+  case 0: return "success";
+  case SA_PENDING: return "pending: the result will come through the future";
+  case SA_EINVAL: return "invalid argument";
+  case SA_ENOMEM: return "out of memory";
+  case SA_ESTALE: return "future released or unknown";
+  case SA_EALREADY: return "already completed, or continuation already set";
+  case SA_EDEADLK: return "waiting would deadlock: nothing can complete the call";
+  case SA_ELOOP: return "sync calls nested too deep";
+  case SA_EBUSY: return "loop running, or calls pending on it";
+  case SA_EPERM: return "not allowed from this thread";
+  case SA_ENOTSUP: return "operation cannot be cancelled";
+  case SA_ECANCELED: return "cancelled";
+  default: return code < 0 ? uv_strerror(code) : "unknown code";
+  }
+}
