@@ -28,7 +28,10 @@ static void forced_sync_in_loop(uv_loop_t *loop, void *data) {
   s->outer_timer.data = s;
   uv_timer_start(&s->outer_timer, outer_timer_cb, 0, 0); /* due at once */
   for (int i = 0; i < 3; i++) {
-    s->rc[i] = sa_dispatch(&value_op, &s->req[i], SA_MODE_SYNC, &s->value[i], NULL);
+    sa_future_t f; /* given so that an implementation going async fails cleanly */
+    s->rc[i] = sa_dispatch(&value_op, &s->req[i], SA_MODE_SYNC, &s->value[i], &f);
+    if (s->rc[i] == SA_PENDING)
+      sa_future_release(f);
     if (s->outer_fired)
       s->outer_fired_during_sync = true;
   }

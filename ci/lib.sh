@@ -1,0 +1,21 @@
+# Shared by the ci/ scripts (sourced, POSIX sh).
+
+# Install the Debian packages that are missing; nothing if all are there.
+ensure_packages() {
+  missing=""
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" ||
+      missing="$missing $pkg"
+  done
+  [ -z "$missing" ] && return 0
+  echo "installing:$missing"
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq &&
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $missing
+}
+
+# What building and testing the project needs.
+SA_PACKAGES="build-essential cmake pkg-config patch libuv1-dev libcriterion-dev valgrind clang"
+
+jobs() { nproc 2>/dev/null || echo 2; }
