@@ -63,6 +63,28 @@ Test(SA_LOOP_2, close_refuses_pending_then_releases_everything) {
     cr_assert_eq(rc, 0, "SA-LOOP-2 (%s): sa_loop_close returned %s", w, sa_strerror(rc));
     cr_assert_eq(sa_test_count_fds(), fds_before, "SA-LOOP-2 (%s): file descriptors leaked", w);
   }
+  /* A future that outlives its loop keeps its result; a continuation has
+   * nowhere to run. Run twice: the second loop may reuse the first's memory. */
+  for (int round = 0; round < 2; round++) {
+    uv_loop_t loop;
+    uv_timer_t timer;
+    struct pending_close p = {.slow = {.when = SA_TEST_INLINE, .status = -3},
+                              .req = {.when = SA_TEST_INLINE}};
+    cr_assert_eq(uv_loop_init(&loop), 0);
+    uv_timer_init(&loop, &timer);
+    timer.data = &p;
+    uv_timer_start(&timer, start_pending, 0, 0);
+    sa_run(&loop, UV_RUN_DEFAULT);
+    sa_run(&loop, UV_RUN_DEFAULT);
+    cr_assert_eq(sa_future_release(p.f), 0);
+    cr_assert_eq(sa_loop_close(&loop), 0);
+    cr_assert_eq(sa_future_status(p.slow_f, NULL), -3,
+                 "SA-LOOP-2: a future lost its result when its loop closed");
+    struct cont_rec cont = {0};
+    cr_assert_eq(sa_future_then(p.slow_f, record_cont, &cont), SA_ECANCELED,
+                 "SA-LOOP-2: a continuation on a future of a closed loop was accepted");
+    cr_assert_eq(sa_future_release(p.slow_f), 0);
+  }
   /* A loop the dispatcher never ran closes too. */
   uv_loop_t plain;
   cr_assert_eq(uv_loop_init(&plain), 0);

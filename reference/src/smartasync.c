@@ -65,9 +65,12 @@ struct sa_thread;
 struct sa_future_rec;
 
 /* The dispatcher's state for one loop. Touched only by the thread running
- * the loop, except `running`, which other threads may read. */
+ * the loop, except `running` and `id`, which other threads may read.
+ * Type-stable: kept for reuse, never freed, so a future that outlived its
+ * loop can still check `id` safely. */
 struct sa_ctx {
   uv_loop_t *loop;
+  _Atomic uint64_t id;   /* unique per use; 0 once the loop is gone */
   atomic_uint running;   /* scopes on it, on whichever thread runs it */
   unsigned waiting;      /* future waits driving it: deliveries stop it */
   bool drain_ready;      /* `drain` initialised */
@@ -93,6 +96,7 @@ struct sa_call {
 
 struct sa_future_rec {
   struct sa_call call;
+  uint64_t ctx_id; /* call.ctx->id when dispatched */
   _Atomic uint64_t word; /* generation << 32 | W_* flags */
   uint32_t index;
   uint32_t next_free;
@@ -109,7 +113,7 @@ struct sa_future_rec {
 struct sa_private {
   struct sa_ctx ctx;
   uv_loop_t loop;
-  struct sa_private *next_abandoned;
+  struct sa_private *next_spare; /* in sa_spare_privates or sa_abandoned */
 };
 
 struct sa_scope {
@@ -139,6 +143,10 @@ static _Atomic(struct sa_future_rec *) sa_chunks[MAX_CHUNKS];
 static unsigned sa_nchunks;             /* under sa_pool_mutex */
 static uint32_t sa_pool_free = NO_INDEX; /* under sa_pool_mutex */
 static struct sa_ctx *sa_registry;      /* under sa_registry_mutex */
+/* Contexts of closed loops, for reuse (under sa_registry_mutex). */
+static struct sa_ctx *sa_spare_ctxs;
+static struct sa_private *sa_spare_privates;
+static _Atomic uint64_t sa_next_ctx_id = 1;
 /* Private loops inherited by a fork child: never touched, kept reachable. */
 static struct sa_private *sa_abandoned;
 
@@ -166,7 +174,7 @@ static void atfork_child(void) {
   struct sa_thread *t = &sa_self;
   for (unsigned k = 0; k < SA_MAX_SYNC_DEPTH; k++) {
     if (t->priv[k]) {
-      t->priv[k]->next_abandoned = sa_abandoned;
+      t->priv[k]->next_spare = sa_abandoned;
       sa_abandoned = t->priv[k];
       t->priv[k] = NULL;
     }
@@ -457,7 +465,11 @@ static void ctx_init(struct sa_ctx *ctx, uv_loop_t *loop) {
   memset(ctx, 0, sizeof *ctx);
   ctx->loop = loop;
   atomic_init(&ctx->running, 0);
+  atomic_init(&ctx->id, atomic_fetch_add(&sa_next_ctx_id, 1));
 }
+
+/* Retire a context: futures that outlive it see the id change. */
+static void ctx_retire(struct sa_ctx *ctx) { atomic_store(&ctx->id, 0); }
 
 static void close_any(uv_handle_t *handle, void *unused) {
   (void)unused;
@@ -477,9 +489,8 @@ static void private_destroy(struct sa_private *p) {
     struct sa_future_rec *r = q;
     uint64_t w;
     q = r->next_deferred;
-    if ((atomic_load_explicit(&r->word, memory_order_relaxed) & W_DONE) &&
-        unqueue_late(r, &w))
-      r->call.ctx = NULL; /* late continuation dropped with its loop */
+    if (atomic_load_explicit(&r->word, memory_order_relaxed) & W_DONE)
+      unqueue_late(r, &w); /* late continuation dropped with its loop */
   }
   while (ctx->pending) {
     struct sa_future_rec *r = ctx->pending;
@@ -491,7 +502,6 @@ static void private_destroy(struct sa_private *p) {
     }
     /* Ops may still call sa_complete on it while the loop drains: keep a
      * released record out of the pool until then. */
-    r->call.ctx = NULL; /* its loop is going: then() must not queue here */
     if (mark_done(r, true) & W_RELEASED) {
       r->next_deferred = released;
       released = r;
@@ -506,7 +516,11 @@ static void private_destroy(struct sa_private *p) {
     atomic_store(&r->word, W_NEXT_GEN_FREE(atomic_load(&r->word)));
     rec_recycle(r);
   }
-  free(p);
+  ctx_retire(ctx);
+  pthread_mutex_lock(&sa_registry_mutex);
+  p->next_spare = sa_spare_privates;
+  sa_spare_privates = p;
+  pthread_mutex_unlock(&sa_registry_mutex);
 }
 
 static void private_destroy_all(struct sa_thread *t) {
@@ -540,13 +554,20 @@ static int pick_private(struct sa_thread *t, struct sa_private **out) {
     struct sa_private *p = t->priv[k];
     if (!p) {
       set_exit_hook(t);
-      p = malloc(sizeof *p);
-      if (!p)
+      pthread_mutex_lock(&sa_registry_mutex);
+      if ((p = sa_spare_privates) != NULL)
+        sa_spare_privates = p->next_spare;
+      pthread_mutex_unlock(&sa_registry_mutex);
+      if (!p && !(p = malloc(sizeof *p)))
         return SA_ENOMEM;
       ctx_init(&p->ctx, &p->loop);
       int err = uv_loop_init(&p->loop);
       if (err) {
-        free(p);
+        ctx_retire(&p->ctx);
+        pthread_mutex_lock(&sa_registry_mutex);
+        p->next_spare = sa_spare_privates;
+        sa_spare_privates = p;
+        pthread_mutex_unlock(&sa_registry_mutex);
         return err;
       }
       t->priv[k] = p;
@@ -569,11 +590,16 @@ static struct sa_ctx *ctx_of(struct sa_thread *t, uv_loop_t *loop, bool create) 
   struct sa_ctx *ctx = sa_registry;
   while (ctx && ctx->loop != loop)
     ctx = ctx->next_registered;
-  if (!ctx && create && (ctx = malloc(sizeof *ctx)) != NULL) {
+  if (!ctx && create) {
+    if ((ctx = sa_spare_ctxs) != NULL)
+      sa_spare_ctxs = ctx->next_registered;
+    else if ((ctx = malloc(sizeof *ctx)) == NULL)
+      goto out;
     ctx_init(ctx, loop);
     ctx->next_registered = sa_registry;
     sa_registry = ctx;
   }
+out:
   pthread_mutex_unlock(&sa_registry_mutex);
   return ctx;
 }
@@ -637,7 +663,11 @@ int sa_loop_close(uv_loop_t *loop) {
       uv_close((uv_handle_t *)&ctx->drain, NULL);
       uv_run(loop, UV_RUN_NOWAIT); /* finishes the close */
     }
-    free(ctx);
+    ctx_retire(ctx);
+    pthread_mutex_lock(&sa_registry_mutex);
+    ctx->next_registered = sa_spare_ctxs;
+    sa_spare_ctxs = ctx;
+    pthread_mutex_unlock(&sa_registry_mutex);
   }
   return uv_loop_close(loop);
 }
@@ -686,6 +716,7 @@ static int run_async(struct sa_thread *t, struct sa_ctx *ctx, const sa_op_t *op,
                              .owner = t,
                              .is_async = true,
                              .starting = true};
+  r->ctx_id = atomic_load_explicit(&ctx->id, memory_order_relaxed);
   r->cont = NULL;
   r->cont_data = NULL;
   pending_link(ctx, r);
@@ -790,8 +821,8 @@ int sa_future_then(sa_future_t future, sa_continuation_cb cb, void *data) {
     return SA_EPERM;
   if (r->cont)
     return SA_EALREADY;
-  if (!r->call.ctx)
-    return SA_ECANCELED; /* settled when its loop went away */
+  if (atomic_load_explicit(&r->call.ctx->id, memory_order_relaxed) != r->ctx_id)
+    return SA_ECANCELED; /* its loop is gone: nowhere to run it */
   if (!(w & W_DONE)) {
     r->cont = cb;
     r->cont_data = data;
@@ -813,11 +844,12 @@ int sa_future_then(sa_future_t future, sa_continuation_cb cb, void *data) {
   return err;
 }
 
-/* Sleep until another thread delivers `r`. */
-static void sleep_until_done(struct sa_future_rec *r) {
+/* Sleep until another thread delivers `r` (or it is released under us). */
+static void sleep_until_done(struct sa_future_rec *r, uint32_t gen) {
+  uint64_t w;
   atomic_fetch_add(&r->sleepers, 1);
   pthread_mutex_lock(&r->mutex);
-  while (!(atomic_load(&r->word) & W_DONE))
+  while (!((w = atomic_load(&r->word)) & W_DONE) && W_GEN(w) == gen)
     pthread_cond_wait(&r->cond, &r->mutex);
   pthread_mutex_unlock(&r->mutex);
   atomic_fetch_sub(&r->sleepers, 1);
@@ -838,7 +870,7 @@ int sa_future_wait(sa_future_t future, void **value) {
       atomic_load_explicit(&ctx->running, memory_order_relaxed)) {
     if (r->call.owner == t && in_scope(t, ctx))
       return SA_EDEADLK; /* only this thread could deliver it */
-    sleep_until_done(r);
+    sleep_until_done(r, (uint32_t)(future.id >> 32));
     return result_of(r, future, value);
   }
   int err = scope_push(t, ctx);
