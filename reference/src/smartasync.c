@@ -40,9 +40,13 @@
 #if defined(__GNUC__)
 #define SA_TLS_MODEL __attribute__((tls_model("initial-exec")))
 #define SA_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define SA_LIKELY(x) __builtin_expect(!!(x), 1)
+#define SA_COLD __attribute__((noinline, cold))
 #else
 #define SA_TLS_MODEL
 #define SA_UNLIKELY(x) (x)
+#define SA_LIKELY(x) (x)
+#define SA_COLD
 #endif
 
 #define SA_MAX_SCOPES 32
@@ -50,8 +54,8 @@
 #define CHUNK_SIZE (1u << CHUNK_BITS)
 #define MAX_CHUNKS 4096u /* 4 Mi futures alive at once */
 #define NO_INDEX UINT32_MAX
-#define CACHE_REFILL 64u  /* records a thread takes from the pool at once */
-#define CACHE_HIGH 256u   /* a thread's cache spills above this */
+#define CACHE_REFILL 256u /* records a thread takes from the pool at once */
+#define CACHE_HIGH 4096u  /* a thread's cache spills half above this */
 
 /* Flags in the low bits of a record's word; the generation is the high half. */
 #define W_DONE 1u     /* result delivered: visible to the future's holder */
@@ -74,6 +78,7 @@ struct sa_ctx {
   atomic_uint running;   /* scopes on it, on whichever thread runs it */
   unsigned waiting;      /* future waits driving it: deliveries stop it */
   bool drain_ready;      /* `drain` initialised */
+  bool drain_started;    /* `drain` active: the deferred queue is not empty */
   uv_idle_t drain;       /* delivers the deferred queue */
   struct sa_future_rec *deferred_head, *deferred_tail;
   struct sa_future_rec *pending; /* undelivered async calls */
@@ -81,17 +86,22 @@ struct sa_ctx {
   struct sa_ctx *next_registered; /* application loops only */
 };
 
+/* Call flags. */
+#define CALL_ASYNC 1u     /* a pool record behind a future */
+#define CALL_STARTING 2u  /* inside op->start: async delivery waits for return */
+#define CALL_COMPLETED 4u /* sa_complete was called */
+
+/* A sync call sets only owner, loop and flags (it lives on the caller's
+ * stack for one call); an async call sets everything. */
 struct sa_call {
+  struct sa_thread *owner;
+  uv_loop_t *loop;
+  unsigned flags;
+  int status;
+  void *value;
+  struct sa_ctx *ctx;
   const sa_op_t *op;
   void *arg;
-  uv_loop_t *loop;
-  struct sa_ctx *ctx;
-  struct sa_thread *owner;
-  void *value;
-  int status;
-  bool is_async;
-  bool starting;  /* inside op->start: an async completion waits for return */
-  bool completed; /* sa_complete was called */
 };
 
 struct sa_future_rec {
@@ -198,18 +208,18 @@ static void set_exit_hook(struct sa_thread *t) {
 
 /* ---- record pool ------------------------------------------------------- */
 
-static struct sa_future_rec *rec_at(uint32_t index) {
+static inline struct sa_future_rec *rec_at(uint32_t index) {
   struct sa_future_rec *chunk =
       atomic_load_explicit(&sa_chunks[index >> CHUNK_BITS], memory_order_acquire);
   return &chunk[index & (CHUNK_SIZE - 1)];
 }
 
-static sa_future_t handle_of(struct sa_future_rec *r, uint64_t word) {
+static inline sa_future_t handle_of(struct sa_future_rec *r, uint64_t word) {
   return (sa_future_t){((uint64_t)W_GEN(word) << 32) | ((uint64_t)r->index + 1)};
 }
 
 /* The live record a handle names, or NULL; *word gets its word. */
-static struct sa_future_rec *lookup(sa_future_t f, uint64_t *word) {
+static inline struct sa_future_rec *lookup(sa_future_t f, uint64_t *word) {
   uint32_t index = (uint32_t)f.id - 1;
   if ((uint32_t)f.id == 0 || (index >> CHUNK_BITS) >= MAX_CHUNKS)
     return NULL;
@@ -247,7 +257,7 @@ static int pool_grow(void) {
   return 0;
 }
 
-static int cache_refill(struct sa_thread *t) {
+SA_COLD static int cache_refill(struct sa_thread *t) {
   int err = 0;
   set_exit_hook(t);
   pthread_mutex_lock(&sa_pool_mutex);
@@ -264,7 +274,7 @@ static int cache_refill(struct sa_thread *t) {
   return t->free_count ? 0 : err;
 }
 
-static void cache_spill(struct sa_thread *t, unsigned keep) {
+SA_COLD static void cache_spill(struct sa_thread *t, unsigned keep) {
   pthread_mutex_lock(&sa_pool_mutex);
   while (t->free_count > keep) {
     struct sa_future_rec *r = rec_at(t->free_head);
@@ -276,7 +286,7 @@ static void cache_spill(struct sa_thread *t, unsigned keep) {
   pthread_mutex_unlock(&sa_pool_mutex);
 }
 
-static struct sa_future_rec *rec_alloc(struct sa_thread *t) {
+static inline struct sa_future_rec *rec_alloc(struct sa_thread *t) {
   if (SA_UNLIKELY(t->free_count == 0) && cache_refill(t) != 0)
     return NULL;
   struct sa_future_rec *r = rec_at(t->free_head);
@@ -289,7 +299,7 @@ static struct sa_future_rec *rec_alloc(struct sa_thread *t) {
 }
 
 /* Return a record whose word already says W_FREE to this thread's cache. */
-static void rec_recycle(struct sa_future_rec *r) {
+static inline void rec_recycle(struct sa_future_rec *r) {
   struct sa_thread *t = &sa_self;
   set_exit_hook(t);
   r->next_free = t->free_head;
@@ -300,13 +310,13 @@ static void rec_recycle(struct sa_future_rec *r) {
 
 /* ---- scopes ------------------------------------------------------------ */
 
-static void ctx_running_add(struct sa_ctx *ctx, int delta) {
+static inline void ctx_running_add(struct sa_ctx *ctx, int delta) {
   /* Only the thread running the loop writes: no read-modify-write needed. */
   unsigned n = atomic_load_explicit(&ctx->running, memory_order_relaxed);
   atomic_store_explicit(&ctx->running, n + (unsigned)delta, memory_order_relaxed);
 }
 
-static int scope_push(struct sa_thread *t, struct sa_ctx *ctx) {
+static inline int scope_push(struct sa_thread *t, struct sa_ctx *ctx) {
   if (SA_UNLIKELY(t->depth == SA_MAX_SCOPES))
     return SA_ELOOP;
   t->scopes[t->depth].loop = ctx->loop;
@@ -316,11 +326,11 @@ static int scope_push(struct sa_thread *t, struct sa_ctx *ctx) {
   return 0;
 }
 
-static void scope_pop(struct sa_thread *t) {
+static inline void scope_pop(struct sa_thread *t) {
   ctx_running_add(t->scopes[--t->depth].ctx, -1);
 }
 
-static struct sa_ctx *top_ctx(const struct sa_thread *t) {
+static inline struct sa_ctx *top_ctx(const struct sa_thread *t) {
   return t->depth ? t->scopes[t->depth - 1].ctx : NULL;
 }
 
@@ -338,7 +348,7 @@ uv_loop_t *sa_current_loop(void) {
 
 /* ---- delivery ---------------------------------------------------------- */
 
-static void pending_link(struct sa_ctx *ctx, struct sa_future_rec *r) {
+static inline void pending_link(struct sa_ctx *ctx, struct sa_future_rec *r) {
   r->prev_pending = NULL;
   r->next_pending = ctx->pending;
   if (ctx->pending)
@@ -347,7 +357,7 @@ static void pending_link(struct sa_ctx *ctx, struct sa_future_rec *r) {
   ctx->npending++;
 }
 
-static void pending_unlink(struct sa_ctx *ctx, struct sa_future_rec *r) {
+static inline void pending_unlink(struct sa_ctx *ctx, struct sa_future_rec *r) {
   if (r->prev_pending)
     r->prev_pending->next_pending = r->next_pending;
   else
@@ -357,18 +367,21 @@ static void pending_unlink(struct sa_ctx *ctx, struct sa_future_rec *r) {
   ctx->npending--;
 }
 
-static void wake_sleepers(struct sa_future_rec *r) {
-  if (atomic_load(&r->sleepers)) {
-    pthread_mutex_lock(&r->mutex);
-    pthread_cond_broadcast(&r->cond);
-    pthread_mutex_unlock(&r->mutex);
-  }
+SA_COLD static void wake_sleepers_now(struct sa_future_rec *r) {
+  pthread_mutex_lock(&r->mutex);
+  pthread_cond_broadcast(&r->cond);
+  pthread_mutex_unlock(&r->mutex);
+}
+
+static inline void wake_sleepers(struct sa_future_rec *r) {
+  if (SA_UNLIKELY(atomic_load(&r->sleepers)))
+    wake_sleepers_now(r);
 }
 
 /* Mark the result delivered. Returns the word before, whose W_RELEASED says
  * whether the holder already let go (the record is then freed, unless
  * `keep_released` asks the caller to free it later). */
-static uint64_t mark_done(struct sa_future_rec *r, bool keep_released) {
+static inline uint64_t mark_done(struct sa_future_rec *r, bool keep_released) {
   uint64_t w = atomic_load_explicit(&r->word, memory_order_relaxed), next;
   do {
     next = (w & W_RELEASED) && !keep_released ? W_NEXT_GEN_FREE(w) : w | W_DONE;
@@ -425,6 +438,7 @@ static void on_drain(uv_idle_t *idle) {
   struct sa_thread *t = &sa_self;
   struct sa_future_rec *r = ctx->deferred_head;
   ctx->deferred_head = ctx->deferred_tail = NULL;
+  ctx->drain_started = false;
   uv_idle_stop(idle);
   /* Continuations are async context on this loop, also when the
    * application runs it without a scope around uv_run. */
@@ -441,14 +455,25 @@ static void on_drain(uv_idle_t *idle) {
     scope_pop(t);
 }
 
-/* Queue `r` for delivery from the loop, after the current call returns. */
-static int defer(struct sa_ctx *ctx, struct sa_future_rec *r) {
-  if (SA_UNLIKELY(!ctx->drain_ready)) {
-    int err = uv_idle_init(ctx->loop, &ctx->drain);
-    if (err)
+SA_COLD static int drain_start(struct sa_ctx *ctx) {
+  int err = 0;
+  if (!ctx->drain_ready) {
+    if ((err = uv_idle_init(ctx->loop, &ctx->drain)) != 0)
       return err;
     ctx->drain.data = ctx;
     ctx->drain_ready = true;
+  }
+  if ((err = uv_idle_start(&ctx->drain, on_drain)) == 0)
+    ctx->drain_started = true;
+  return err;
+}
+
+/* Queue `r` for delivery from the loop, after the current call returns. */
+static inline int defer(struct sa_ctx *ctx, struct sa_future_rec *r) {
+  if (SA_UNLIKELY(!ctx->drain_started)) {
+    int err = drain_start(ctx);
+    if (err)
+      return err;
   }
   r->next_deferred = NULL;
   if (ctx->deferred_tail)
@@ -456,7 +481,7 @@ static int defer(struct sa_ctx *ctx, struct sa_future_rec *r) {
   else
     ctx->deferred_head = r;
   ctx->deferred_tail = r;
-  return uv_idle_start(&ctx->drain, on_drain);
+  return 0;
 }
 
 /* ---- loops and contexts ------------------------------------------------ */
@@ -495,8 +520,8 @@ static void private_destroy(struct sa_private *p) {
   while (ctx->pending) {
     struct sa_future_rec *r = ctx->pending;
     pending_unlink(ctx, r);
-    if (!r->call.completed) {
-      r->call.completed = true;
+    if (!(r->call.flags & CALL_COMPLETED)) {
+      r->call.flags |= CALL_COMPLETED;
       r->call.status = SA_ECANCELED;
       r->call.value = NULL;
     }
@@ -674,26 +699,21 @@ int sa_loop_close(uv_loop_t *loop) {
 
 /* ---- dispatch ---------------------------------------------------------- */
 
-static int run_sync(struct sa_thread *t, const sa_op_t *op, void *arg,
-                    void **value) {
-  struct sa_private *p;
-  int err = pick_private(t, &p);
-  if (SA_UNLIKELY(err))
-    return err;
-  struct sa_call call = {.op = op,
-                         .arg = arg,
-                         .loop = &p->loop,
-                         .ctx = &p->ctx,
-                         .owner = t,
-                         .starting = true};
-  if (SA_UNLIKELY((err = scope_push(t, &p->ctx)) != 0))
-    return err;
+/* Run `op` to completion on private loop `p`. */
+static inline int run_sync(struct sa_thread *t, struct sa_private *p, const sa_op_t *op,
+                           void *arg, void **value) {
+  struct sa_call call;
+  call.owner = t;
+  call.loop = &p->loop;
+  call.flags = CALL_STARTING;
+  if (SA_UNLIKELY(scope_push(t, &p->ctx) != 0))
+    return SA_ELOOP;
   op->start(&call, &p->loop, arg);
-  call.starting = false;
-  while (!call.completed) {
+  call.flags &= ~CALL_STARTING;
+  while (!(call.flags & CALL_COMPLETED)) {
     /* uv_run returns 0 when nothing is left that could complete the call. */
-    if (uv_run(&p->loop, UV_RUN_DEFAULT) == 0 && !call.completed) {
-      call.completed = true;
+    if (uv_run(&p->loop, UV_RUN_DEFAULT) == 0 && !(call.flags & CALL_COMPLETED)) {
+      call.flags |= CALL_COMPLETED;
       call.status = SA_EDEADLK;
       call.value = NULL;
     }
@@ -704,26 +724,33 @@ static int run_sync(struct sa_thread *t, const sa_op_t *op, void *arg,
   return call.status;
 }
 
+/* A sync call needing another private loop than the first: nested in a
+ * running loop, or the thread's first call. */
+SA_COLD static int run_sync_slow(struct sa_thread *t, const sa_op_t *op, void *arg,
+                                 void **value) {
+  struct sa_private *p;
+  int err = pick_private(t, &p);
+  return err ? err : run_sync(t, p, op, arg, value);
+}
+
 static int run_async(struct sa_thread *t, struct sa_ctx *ctx, const sa_op_t *op,
                      void *arg, sa_future_t *future) {
   struct sa_future_rec *r = rec_alloc(t);
   if (SA_UNLIKELY(!r))
     return SA_ENOMEM;
-  r->call = (struct sa_call){.op = op,
-                             .arg = arg,
-                             .loop = ctx->loop,
-                             .ctx = ctx,
-                             .owner = t,
-                             .is_async = true,
-                             .starting = true};
+  r->call.owner = t;
+  r->call.loop = ctx->loop;
+  r->call.flags = CALL_ASYNC | CALL_STARTING;
+  r->call.ctx = ctx;
+  r->call.op = op;
+  r->call.arg = arg;
   r->ctx_id = atomic_load_explicit(&ctx->id, memory_order_relaxed);
   r->cont = NULL;
-  r->cont_data = NULL;
   pending_link(ctx, r);
   *future = handle_of(r, atomic_load_explicit(&r->word, memory_order_relaxed));
   op->start(&r->call, ctx->loop, arg);
-  r->call.starting = false;
-  if (r->call.completed) {
+  r->call.flags &= ~CALL_STARTING;
+  if (r->call.flags & CALL_COMPLETED) {
     int err = defer(ctx, r); /* completed inline: deliver after we return */
     if (SA_UNLIKELY(err)) {
       deliver(r); /* cannot defer: never lose a result */
@@ -733,6 +760,20 @@ static int run_async(struct sa_thread *t, struct sa_ctx *ctx, const sa_op_t *op,
   return SA_PENDING;
 }
 
+/* Async forced in sync context: start on private loop 0, in async context
+ * on it; waiting on the future drives it [SA-MODE-4]. */
+SA_COLD static int run_async_from_sync(struct sa_thread *t, const sa_op_t *op, void *arg,
+                                       sa_future_t *future) {
+  struct sa_private *p;
+  int err = pick_private(t, &p);
+  if (err)
+    return err;
+  scope_push(t, &p->ctx); /* cannot fail: no scope is open */
+  err = run_async(t, &p->ctx, op, arg, future);
+  scope_pop(t);
+  return err;
+}
+
 int sa_dispatch(const sa_op_t *op, void *arg, sa_mode_t mode, void **value,
                 sa_future_t *future) {
   struct sa_thread *t = &sa_self;
@@ -740,43 +781,38 @@ int sa_dispatch(const sa_op_t *op, void *arg, sa_mode_t mode, void **value,
                   (!future && mode != SA_MODE_SYNC)))
     return SA_EINVAL;
   if (future)
-    *future = SA_FUTURE_NULL;
-  if (mode == SA_MODE_SYNC || (mode == SA_MODE_AUTO && t->depth == 0))
-    return run_sync(t, op, arg, value);
+    future->id = 0;
+  if (mode == SA_MODE_SYNC || (mode == SA_MODE_AUTO && t->depth == 0)) {
+    struct sa_private *p = t->priv[0];
+    if (SA_LIKELY(p && atomic_load_explicit(&p->ctx.running, memory_order_relaxed) == 0))
+      return run_sync(t, p, op, arg, value);
+    return run_sync_slow(t, op, arg, value);
+  }
   if (value)
     *value = NULL;
   if (t->depth)
     return run_async(t, top_ctx(t), op, arg, future);
-  /* Async forced in sync context: start on private loop 0, in async
-   * context on it; waiting on the future drives it [SA-MODE-4]. */
-  struct sa_private *p;
-  int err = pick_private(t, &p);
-  if (err)
-    return err;
-  scope_push(t, &p->ctx);
-  err = run_async(t, &p->ctx, op, arg, future);
-  scope_pop(t);
-  return err;
+  return run_async_from_sync(t, op, arg, future);
 }
 
 int sa_complete(sa_call_t *call, int status, void *value) {
-  struct sa_thread *t = &sa_self;
   if (SA_UNLIKELY(!call || status > 0))
     return SA_EINVAL;
+  struct sa_thread *t = &sa_self;
+  unsigned flags = call->flags;
   if (SA_UNLIKELY(call->owner != t))
     return SA_EPERM;
-  if (SA_UNLIKELY(call->completed))
+  if (SA_UNLIKELY(flags & CALL_COMPLETED))
     return SA_EALREADY;
-  call->completed = true;
+  call->flags = flags | CALL_COMPLETED;
   call->status = status;
   call->value = value;
-  if (!call->is_async) {
-    if (!call->starting)
-      uv_stop(call->loop); /* the sync wait checks at once */
+  if (flags & CALL_STARTING)
+    return 0; /* the dispatcher looks when start returns */
+  if (!(flags & CALL_ASYNC)) {
+    uv_stop(call->loop); /* the sync wait checks at once */
     return 0;
   }
-  if (call->starting)
-    return 0; /* run_async defers it when start returns */
   struct sa_future_rec *r = (struct sa_future_rec *)call;
   if (top_ctx(t) == call->ctx)
     deliver(r);
@@ -898,7 +934,7 @@ int sa_future_cancel(sa_future_t future) {
     return SA_ESTALE;
   if (r->call.owner != &sa_self)
     return SA_EPERM;
-  if (r->call.completed)
+  if (r->call.flags & CALL_COMPLETED)
     return 0;
   if (!r->call.op->cancel)
     return SA_ENOTSUP;

@@ -1,0 +1,42 @@
+/*
+ * Runs one benchmark case a given number of times, for instruction counts
+ * under valgrind --tool=callgrind and syscall counts under strace. The
+ * per-call figure is the difference between two runs with different
+ * counts, divided by the difference in calls, which cancels set-up costs.
+ *
+ *   bench_instr CASE RUNS      (a case's calls per run: its batch)
+ *   bench_instr --list
+ */
+#include "cases.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int main(int argc, char **argv) {
+  if (argc == 2 && strcmp(argv[1], "--list") == 0) {
+    for (int i = 0; i < bench_ncases; i++)
+      printf("%s\t%d\n", bench_cases[i].name, bench_cases[i].batch);
+    return 0;
+  }
+  if (argc != 3) {
+    fprintf(stderr, "usage: bench_instr CASE RUNS | --list\n");
+    return 2;
+  }
+  const struct bench_case *c = bench_find(argv[1]);
+  long runs = strtol(argv[2], NULL, 10);
+  if (!c || runs < 0) {
+    fprintf(stderr, "bench_instr: no case %s\n", argv[1]);
+    return 2;
+  }
+  int failed = 0;
+  c->setup();
+  for (long i = 0; i < runs; i++)
+    failed += c->run();
+  c->teardown();
+  if (failed) {
+    fprintf(stderr, "bench_instr: %s: %d failed calls\n", c->name, failed);
+    return 1;
+  }
+  return 0;
+}
