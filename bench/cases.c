@@ -40,12 +40,15 @@ static void inline_start(struct op_call *oc, uv_loop_t *loop) {
   oc->done(oc, 0);
 }
 
-/* tick: completes on the next loop iteration, from a 0 ms timer. */
-static void tick_fire(uv_timer_t *timer) {
-  struct op_call *oc = timer->data;
-  uv_close((uv_handle_t *)timer, NULL);
+/* tick: completes on the next loop iteration, from a 0 ms timer. It
+ * completes once its handle is closed, so the caller may reuse the memory
+ * at once, even from another thread. */
+static void tick_closed(uv_handle_t *handle) {
+  struct op_call *oc = handle->data;
   oc->done(oc, 0);
 }
+
+static void tick_fire(uv_timer_t *timer) { uv_close((uv_handle_t *)timer, tick_closed); }
 
 static void tick_start(struct op_call *oc, uv_loop_t *loop) {
   uv_timer_init(loop, &oc->u.timer);
@@ -104,7 +107,8 @@ static void blocking_done(struct op_call *oc, int status) {
     uv_stop(w->loop); /* UV_RUN_DEFAULT + uv_stop: see the 1.44 ONCE hang */
 }
 
-static int blocking_call(uv_loop_t *loop, op_start_fn start) {
+/* Not inlined: the op stays opaque to the wrapper, as it is to a dispatcher. */
+__attribute__((noinline)) static int blocking_call(uv_loop_t *loop, op_start_fn start) {
   struct blocking_wait w = {.loop = loop};
   struct op_call oc;
   oc.done = blocking_done;
@@ -212,7 +216,7 @@ static void handoff_teardown(void) {
   pthread_mutex_destroy(&handoff.mutex);
 }
 
-static int handoff_call(op_start_fn start) {
+__attribute__((noinline)) static int handoff_call(op_start_fn start) {
   struct handoff_req req = {.oc = {.done = handoff_done, .owner = &req}, .start = start};
   sem_init(&req.done, 0, 0);
   pthread_mutex_lock(&handoff.mutex);
@@ -249,7 +253,7 @@ static void sa_bench_start(sa_call_t *call, uv_loop_t *loop, void *arg) {
 static const sa_op_t sa_bench_op = {sa_bench_start, NULL};
 
 /* A sync call from plain code, in auto mode: what a blocking caller writes. */
-static int sa_sync_call(op_start_fn start) {
+__attribute__((noinline)) static int sa_sync_call(op_start_fn start) {
   struct sa_arg a;
   sa_future_t none;
   a.start = start;
@@ -323,7 +327,7 @@ static void raw_async_kick(uv_timer_t *timer) {
   }
 }
 
-static int run_batch(uv_timer_cb kick, op_start_fn start) {
+__attribute__((noinline)) static int run_batch(uv_timer_cb kick, op_start_fn start) {
   batch->start = start;
   batch->delivered = batch->failed = 0;
   uv_timer_init(&batch->loop, &batch->kick);

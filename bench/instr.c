@@ -5,7 +5,7 @@
  * counts, divided by the difference in calls, which cancels set-up costs.
  *
  *   bench_instr CASE RUNS      (a case's calls per run: its batch)
- *   bench_instr --list
+ *   bench_instr --list         name, kind, op, batch, baselines (tab-separated)
  */
 #include "cases.h"
 
@@ -15,8 +15,11 @@
 
 int main(int argc, char **argv) {
   if (argc == 2 && strcmp(argv[1], "--list") == 0) {
+    static const char *const kinds[] = {"sync", "async", "baseline"};
     for (int i = 0; i < bench_ncases; i++)
-      printf("%s\t%d\n", bench_cases[i].name, bench_cases[i].batch);
+      printf("%s\t%s\t%s\t%d\t%s\n", bench_cases[i].name, kinds[bench_cases[i].kind],
+             bench_cases[i].op, bench_cases[i].batch,
+             *bench_cases[i].compare ? bench_cases[i].compare : "-");
     return 0;
   }
   if (argc != 3) {

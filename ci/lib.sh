@@ -16,6 +16,7 @@ ensure_packages() {
 }
 
 # What building and testing the project needs.
-SA_PACKAGES="build-essential cmake pkg-config patch libuv1-dev libcriterion-dev valgrind clang"
+SA_PACKAGES="build-essential cmake pkg-config patch libuv1-dev libcriterion-dev libbenchmark-dev \
+valgrind strace clang python3"
 
 jobs() { nproc 2>/dev/null || echo 2; }
