@@ -49,6 +49,39 @@
 #define SA_COLD
 #endif
 
+/* helgrind and DRD understand pthread primitives, not C11 atomics: a build
+ * for them (SA_VALGRIND_ANNOTATIONS) tells them about each hand-off through
+ * a record's word. Elsewhere these cost nothing. Each tool ignores the
+ * other's requests; the raw requests are used because the two headers'
+ * ANNOTATE_* macros collide. */
+#ifdef SA_VALGRIND_ANNOTATIONS
+#include <valgrind/helgrind.h>
+#include <valgrind/drd.h>
+#define SA_HAPPENS_BEFORE(addr)                                                          \
+  do {                                                                                   \
+    VALGRIND_DO_CLIENT_REQUEST_STMT(_VG_USERREQ__HG_USERSO_SEND_PRE, addr, 0, 0, 0, 0);  \
+    VALGRIND_DO_CLIENT_REQUEST_STMT(VG_USERREQ__DRD_ANNOTATE_HAPPENS_BEFORE, addr, 0, 0, \
+                                    0, 0);                                               \
+  } while (0)
+#define SA_HAPPENS_AFTER(addr)                                                           \
+  do {                                                                                   \
+    VALGRIND_DO_CLIENT_REQUEST_STMT(_VG_USERREQ__HG_USERSO_RECV_POST, addr, 0, 0, 0, 0); \
+    VALGRIND_DO_CLIENT_REQUEST_STMT(VG_USERREQ__DRD_ANNOTATE_HAPPENS_AFTER, addr, 0, 0,  \
+                                    0, 0);                                               \
+  } while (0)
+/* For atomics whose ordering is carried by a protocol, not by HB edges. */
+#define SA_ATOMIC_VARIABLE(addr, size)                                                   \
+  do {                                                                                   \
+    VALGRIND_HG_DISABLE_CHECKING(addr, size);                                            \
+    VALGRIND_DO_CLIENT_REQUEST_STMT(VG_USERREQ__DRD_START_SUPPRESSION, addr, size, 0, 0, \
+                                    0);                                                  \
+  } while (0)
+#else
+#define SA_HAPPENS_BEFORE(addr) ((void)0)
+#define SA_HAPPENS_AFTER(addr) ((void)0)
+#define SA_ATOMIC_VARIABLE(addr, size) ((void)0)
+#endif
+
 #define SA_MAX_SCOPES 32
 #define CHUNK_BITS 10
 #define CHUNK_SIZE (1u << CHUNK_BITS)
@@ -169,7 +202,9 @@ static void atfork_prepare(void) {
   pthread_mutex_lock(&sa_pool_mutex);
 }
 
-static void atfork_parent(void) {
+/* In the parent, and in the child, where the forking thread still owns
+ * the locks taken in atfork_prepare. */
+static void atfork_release(void) {
   pthread_mutex_unlock(&sa_pool_mutex);
   pthread_mutex_unlock(&sa_registry_mutex);
 }
@@ -179,8 +214,7 @@ static void atfork_parent(void) {
  * unregister the parent's fds. Abandon them; the next call makes new ones
  * [SA-THR-3]. */
 static void atfork_child(void) {
-  pthread_mutex_init(&sa_pool_mutex, NULL);
-  pthread_mutex_init(&sa_registry_mutex, NULL);
+  atfork_release();
   struct sa_thread *t = &sa_self;
   for (unsigned k = 0; k < SA_MAX_SYNC_DEPTH; k++) {
     if (t->priv[k]) {
@@ -194,13 +228,15 @@ static void atfork_child(void) {
 static void init_once(void) {
   if (pthread_key_create(&sa_exit_key, thread_exit) != 0)
     abort(); /* only at start-up, with no keys left: nothing can work */
-  pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+  pthread_atfork(atfork_prepare, atfork_release, atfork_child);
+  SA_HAPPENS_BEFORE(&sa_once); /* glibc's pthread_once uses bare atomics */
 }
 
 /* Ask for thread_exit() to run when this thread ends. */
 static void set_exit_hook(struct sa_thread *t) {
   if (SA_UNLIKELY(!t->exit_hook_set)) {
     pthread_once(&sa_once, init_once);
+    SA_HAPPENS_AFTER(&sa_once);
     pthread_setspecific(sa_exit_key, t);
     t->exit_hook_set = true;
   }
@@ -248,6 +284,8 @@ static int pool_grow(void) {
     r->index = base + i;
     r->next_free = i + 1 < CHUNK_SIZE ? base + i + 1 : sa_pool_free;
     atomic_init(&r->word, ((uint64_t)1 << 32) | W_FREE);
+    SA_ATOMIC_VARIABLE(&r->word, sizeof r->word);
+    SA_ATOMIC_VARIABLE(&r->sleepers, sizeof r->sleepers);
     pthread_mutex_init(&r->mutex, NULL);
     pthread_cond_init(&r->cond, NULL);
   }
@@ -383,10 +421,12 @@ static inline void wake_sleepers(struct sa_future_rec *r) {
  * `keep_released` asks the caller to free it later). */
 static inline uint64_t mark_done(struct sa_future_rec *r, bool keep_released) {
   uint64_t w = atomic_load_explicit(&r->word, memory_order_relaxed), next;
+  SA_HAPPENS_BEFORE(&r->word);
   do {
     next = (w & W_RELEASED) && !keep_released ? W_NEXT_GEN_FREE(w) : w | W_DONE;
   } while (!atomic_compare_exchange_weak_explicit(
       &r->word, &w, next, memory_order_acq_rel, memory_order_relaxed));
+  SA_HAPPENS_AFTER(&r->word);
   wake_sleepers(r);
   return w;
 }
@@ -414,10 +454,12 @@ static void deliver(struct sa_future_rec *r) {
  * still has the future; false if it was released meanwhile (freed now). */
 static bool unqueue_late(struct sa_future_rec *r, uint64_t *word) {
   uint64_t w = atomic_load_explicit(&r->word, memory_order_relaxed), next;
+  SA_HAPPENS_BEFORE(&r->word);
   do {
     next = (w & W_RELEASED) ? W_NEXT_GEN_FREE(w) : w & ~(uint64_t)W_QUEUED;
   } while (!atomic_compare_exchange_weak_explicit(
       &r->word, &w, next, memory_order_acq_rel, memory_order_relaxed));
+  SA_HAPPENS_AFTER(&r->word);
   *word = w;
   if (w & W_RELEASED) {
     rec_recycle(r);
@@ -538,6 +580,7 @@ static void private_destroy(struct sa_private *p) {
   while (released) {
     struct sa_future_rec *r = released;
     released = r->next_deferred;
+    SA_HAPPENS_AFTER(&r->word); /* a releasing thread let go of it */
     atomic_store(&r->word, W_NEXT_GEN_FREE(atomic_load(&r->word)));
     rec_recycle(r);
   }
@@ -824,6 +867,7 @@ int sa_complete(sa_call_t *call, int status, void *value) {
 /* ---- futures ----------------------------------------------------------- */
 
 static int result_of(struct sa_future_rec *r, sa_future_t f, void **value) {
+  SA_HAPPENS_AFTER(&r->word); /* the caller saw W_DONE */
   int status = r->call.status;
   void *v = r->call.value;
   uint64_t w = atomic_load_explicit(&r->word, memory_order_acquire);
@@ -866,10 +910,12 @@ int sa_future_then(sa_future_t future, sa_continuation_cb cb, void *data) {
   }
   /* Already delivered: queue the continuation on the loop. The holder may
    * release from another thread meanwhile, hence the compare-exchange. */
+  SA_HAPPENS_BEFORE(&r->word);
   do {
     if (W_GEN(w) != (uint32_t)(future.id >> 32) || (w & W_RELEASED))
       return SA_ESTALE;
   } while (!atomic_compare_exchange_weak(&r->word, &w, w | W_QUEUED));
+  SA_HAPPENS_AFTER(&r->word);
   r->cont = cb;
   r->cont_data = data;
   int err = defer(r->call.ctx, r);
@@ -949,6 +995,7 @@ int sa_future_release(sa_future_t future) {
   struct sa_future_rec *r = lookup(future, &w);
   if (!r)
     return SA_ESTALE;
+  SA_HAPPENS_BEFORE(&r->word);
   do {
     if (W_GEN(w) != (uint32_t)(future.id >> 32) || (w & (W_RELEASED | W_FREE)))
       return SA_ESTALE;
@@ -956,6 +1003,7 @@ int sa_future_release(sa_future_t future) {
      * frees it when it gets there. */
     next = (w & W_DONE) && !(w & W_QUEUED) ? W_NEXT_GEN_FREE(w) : w | W_RELEASED;
   } while (!atomic_compare_exchange_weak(&r->word, &w, next));
+  SA_HAPPENS_AFTER(&r->word);
   if (next & W_FREE)
     rec_recycle(r);
   return 0;
