@@ -7,8 +7,9 @@
  *   sa_stress SCENARIO [-t THREADS] [-d MILLISECONDS] [-s SEED]
  *
  * Scenarios:
- *   shared   sync callers and loop threads share one object; every sync
- *            caller must get its result, never a pending future
+ *   shared   THREADS sync callers and THREADS/2 (at least one) loop threads
+ *            share one object; every sync caller must get its result, never
+ *            a pending future
  *   mixed    sync, forced-async batches and forced-sync calls mixed on each
  *            thread, with ops that dispatch nested ops
  *   churn    short-lived threads, each making its private loop and dying
@@ -305,9 +306,11 @@ static void run_threads(int n, void *(*sync_fn)(void *), int loops) {
   free(w);
 }
 
+/* Every thread a sync caller, so that even -t 2 has two of them racing on
+ * the dispatcher's sync path, plus half as many loop threads. */
 static void scenario_shared(void) {
-  int loops = opt.threads / 2, sync = opt.threads - loops;
-  run_threads(sync > 0 ? sync : 1, shared_sync_thread, loops > 0 ? loops : 1);
+  int loops = opt.threads / 2;
+  run_threads(opt.threads, shared_sync_thread, loops > 0 ? loops : 1);
   printf("shared object: %ld lookups\n", shared_object.lookups);
 }
 
