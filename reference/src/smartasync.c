@@ -42,11 +42,13 @@
 #define SA_UNLIKELY(x) __builtin_expect(!!(x), 0)
 #define SA_LIKELY(x) __builtin_expect(!!(x), 1)
 #define SA_COLD __attribute__((noinline, cold))
+#define SA_NOINLINE __attribute__((noinline))
 #else
 #define SA_TLS_MODEL
 #define SA_UNLIKELY(x) (x)
 #define SA_LIKELY(x) (x)
 #define SA_COLD
+#define SA_NOINLINE
 #endif
 
 /* helgrind and DRD understand pthread primitives, not C11 atomics: a build
@@ -121,7 +123,9 @@ struct sa_ctx {
 
 /* Call flags. */
 #define CALL_ASYNC 1u     /* a pool record behind a future */
-#define CALL_STARTING 2u  /* inside op->start: async delivery waits for return */
+#define CALL_NOTIFY 2u    /* completing must act: stop the sync wait, or deliver.
+                             Clear while op->start runs: the dispatcher looks
+                             when it returns. */
 #define CALL_COMPLETED 4u /* sa_complete was called */
 
 /* A sync call sets only owner, loop and flags (it lives on the caller's
@@ -159,14 +163,9 @@ struct sa_private {
   struct sa_private *next_spare; /* in sa_spare_privates or sa_abandoned */
 };
 
-struct sa_scope {
-  uv_loop_t *loop;
-  struct sa_ctx *ctx;
-};
-
 struct sa_thread {
   unsigned depth;
-  struct sa_scope scopes[SA_MAX_SCOPES];
+  struct sa_ctx *scopes[SA_MAX_SCOPES];
   struct sa_private *priv[SA_MAX_SYNC_DEPTH];
   uint32_t free_head; /* this thread's cache of pool records */
   unsigned free_count;
@@ -357,31 +356,29 @@ static inline void ctx_running_add(struct sa_ctx *ctx, int delta) {
 static inline int scope_push(struct sa_thread *t, struct sa_ctx *ctx) {
   if (SA_UNLIKELY(t->depth == SA_MAX_SCOPES))
     return SA_ELOOP;
-  t->scopes[t->depth].loop = ctx->loop;
-  t->scopes[t->depth].ctx = ctx;
-  t->depth++;
+  t->scopes[t->depth++] = ctx;
   ctx_running_add(ctx, 1);
   return 0;
 }
 
 static inline void scope_pop(struct sa_thread *t) {
-  ctx_running_add(t->scopes[--t->depth].ctx, -1);
+  ctx_running_add(t->scopes[--t->depth], -1);
 }
 
 static inline struct sa_ctx *top_ctx(const struct sa_thread *t) {
-  return t->depth ? t->scopes[t->depth - 1].ctx : NULL;
+  return t->depth ? t->scopes[t->depth - 1] : NULL;
 }
 
 static bool in_scope(const struct sa_thread *t, const struct sa_ctx *ctx) {
   for (unsigned i = 0; i < t->depth; i++)
-    if (t->scopes[i].ctx == ctx)
+    if (t->scopes[i] == ctx)
       return true;
   return false;
 }
 
 uv_loop_t *sa_current_loop(void) {
   const struct sa_thread *t = &sa_self;
-  return t->depth ? t->scopes[t->depth - 1].loop : NULL;
+  return t->depth ? t->scopes[t->depth - 1]->loop : NULL;
 }
 
 /* ---- delivery ---------------------------------------------------------- */
@@ -688,7 +685,7 @@ int sa_enter(uv_loop_t *loop) {
 
 int sa_leave(uv_loop_t *loop) {
   struct sa_thread *t = &sa_self;
-  if (!loop || !t->depth || t->scopes[t->depth - 1].loop != loop)
+  if (!loop || !t->depth || t->scopes[t->depth - 1]->loop != loop)
     return SA_EINVAL;
   scope_pop(t);
   return 0;
@@ -742,25 +739,31 @@ int sa_loop_close(uv_loop_t *loop) {
 
 /* ---- dispatch ---------------------------------------------------------- */
 
+/* Drive private loop `p` until the sync call completes. */
+static void sync_wait(struct sa_private *p, struct sa_call *call) {
+  call->flags |= CALL_NOTIFY;
+  while (!(call->flags & CALL_COMPLETED)) {
+    /* uv_run returns 0 when nothing is left that could complete the call. */
+    if (uv_run(&p->loop, UV_RUN_DEFAULT) == 0 && !(call->flags & CALL_COMPLETED)) {
+      call->flags |= CALL_COMPLETED;
+      call->status = SA_EDEADLK;
+      call->value = NULL;
+    }
+  }
+}
+
 /* Run `op` to completion on private loop `p`. */
 static inline int run_sync(struct sa_thread *t, struct sa_private *p, const sa_op_t *op,
                            void *arg, void **value) {
   struct sa_call call;
   call.owner = t;
   call.loop = &p->loop;
-  call.flags = CALL_STARTING;
+  call.flags = 0;
   if (SA_UNLIKELY(scope_push(t, &p->ctx) != 0))
     return SA_ELOOP;
   op->start(&call, &p->loop, arg);
-  call.flags &= ~CALL_STARTING;
-  while (!(call.flags & CALL_COMPLETED)) {
-    /* uv_run returns 0 when nothing is left that could complete the call. */
-    if (uv_run(&p->loop, UV_RUN_DEFAULT) == 0 && !(call.flags & CALL_COMPLETED)) {
-      call.flags |= CALL_COMPLETED;
-      call.status = SA_EDEADLK;
-      call.value = NULL;
-    }
-  }
+  if (!(call.flags & CALL_COMPLETED))
+    sync_wait(p, &call);
   scope_pop(t);
   if (value)
     *value = call.value;
@@ -783,7 +786,7 @@ static int run_async(struct sa_thread *t, struct sa_ctx *ctx, const sa_op_t *op,
     return SA_ENOMEM;
   r->call.owner = t;
   r->call.loop = ctx->loop;
-  r->call.flags = CALL_ASYNC | CALL_STARTING;
+  r->call.flags = CALL_ASYNC;
   r->call.ctx = ctx;
   r->call.op = op;
   r->call.arg = arg;
@@ -792,7 +795,7 @@ static int run_async(struct sa_thread *t, struct sa_ctx *ctx, const sa_op_t *op,
   pending_link(ctx, r);
   *future = handle_of(r, atomic_load_explicit(&r->word, memory_order_relaxed));
   op->start(&r->call, ctx->loop, arg);
-  r->call.flags &= ~CALL_STARTING;
+  r->call.flags |= CALL_NOTIFY;
   if (r->call.flags & CALL_COMPLETED) {
     int err = defer(ctx, r); /* completed inline: deliver after we return */
     if (SA_UNLIKELY(err)) {
@@ -825,17 +828,30 @@ int sa_dispatch(const sa_op_t *op, void *arg, sa_mode_t mode, void **value,
     return SA_EINVAL;
   if (future)
     future->id = 0;
-  if (mode == SA_MODE_SYNC || (mode == SA_MODE_AUTO && t->depth == 0)) {
-    struct sa_private *p = t->priv[0];
-    if (SA_LIKELY(p && atomic_load_explicit(&p->ctx.running, memory_order_relaxed) == 0))
-      return run_sync(t, p, op, arg, value);
+  /* A blocking call from plain code. With no scope open, no private loop
+   * of this thread is running: only their own thread runs them. */
+  struct sa_private *p = t->priv[0];
+  if (SA_LIKELY(t->depth == 0 && p && mode != SA_MODE_ASYNC))
+    return run_sync(t, p, op, arg, value);
+  if (mode == SA_MODE_SYNC || (mode == SA_MODE_AUTO && t->depth == 0))
     return run_sync_slow(t, op, arg, value);
-  }
   if (value)
     *value = NULL;
   if (t->depth)
     return run_async(t, top_ctx(t), op, arg, future);
   return run_async_from_sync(t, op, arg, future);
+}
+
+/* A completion after op->start returned: wake the sync wait, or deliver.
+ * Not inlined, so that sa_complete's inline path needs no stack frame. */
+SA_NOINLINE static void notify(struct sa_thread *t, sa_call_t *call) {
+  if (!(call->flags & CALL_ASYNC)) {
+    uv_stop(call->loop); /* the sync wait checks at once */
+    return;
+  }
+  struct sa_future_rec *r = (struct sa_future_rec *)call;
+  if (top_ctx(t) == call->ctx || defer(call->ctx, r) != 0)
+    deliver(r);
 }
 
 int sa_complete(sa_call_t *call, int status, void *value) {
@@ -850,17 +866,9 @@ int sa_complete(sa_call_t *call, int status, void *value) {
   call->flags = flags | CALL_COMPLETED;
   call->status = status;
   call->value = value;
-  if (flags & CALL_STARTING)
-    return 0; /* the dispatcher looks when start returns */
-  if (!(flags & CALL_ASYNC)) {
-    uv_stop(call->loop); /* the sync wait checks at once */
-    return 0;
-  }
-  struct sa_future_rec *r = (struct sa_future_rec *)call;
-  if (top_ctx(t) == call->ctx)
-    deliver(r);
-  else if (defer(call->ctx, r) != 0)
-    deliver(r);
+  if (SA_LIKELY(!(flags & CALL_NOTIFY)))
+    return 0; /* inside op->start: the dispatcher looks when it returns */
+  notify(t, call);
   return 0;
 }
 
