@@ -147,6 +147,24 @@ int sa_future_cancel(sa_future_t future);
  * handle is SA_ESTALE. */
 int sa_future_release(sa_future_t future);
 
+/* ---- blocking functions [SA-BLK-*] ------------------------------------- */
+
+/* An ordinary blocking function: returns 0 or a negative error code, and
+ * may store a result in *value (NULL before the call). */
+typedef int (*sa_blocking_fn)(void *arg, void **value);
+
+/* Call `fn(arg, value)` in `mode`, without ever stalling a loop.
+ * Sync:  fn is called directly on this thread (no loop, no thread hop) and
+ *        its status returned; a forced SA_MODE_SYNC in async context blocks
+ *        the running loop, as asked.
+ * Async: fn runs on the libuv threadpool; returns SA_PENDING and a future,
+ *        delivered on the loop's thread like any async call. Cancelling the
+ *        future stops fn only if it has not started yet (SA_ECANCELED).
+ * Arguments and errors as for sa_dispatch; a positive return from fn is
+ * reported as SA_EINVAL. */
+int sa_call_blocking(sa_blocking_fn fn, void *arg, sa_mode_t mode,
+                     void **value, sa_future_t *future);
+
 /* A short description of any SA_* code (and of other negative errno codes). */
 const char *sa_strerror(int code);
 
