@@ -232,16 +232,23 @@ static void loop_tick(uv_timer_t *timer) {
     uv_timer_start(timer, loop_tick, 0, 0);
 }
 
+/* Run a fresh application loop whose work is driven by `tick` (data `data`,
+ * first due at once, then every `repeat` ms) until it has nothing left;
+ * returns sa_loop_close's result. */
+static int run_ticking_loop(uv_timer_t *tick, void *data, uv_timer_cb cb, uint64_t repeat) {
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  uv_timer_init(&loop, tick);
+  tick->data = data;
+  uv_timer_start(tick, cb, 0, repeat);
+  sa_run(&loop, UV_RUN_DEFAULT);
+  return sa_loop_close(&loop);
+}
+
 static void *loop_thread(void *arg) {
   struct loop_worker *w = arg;
-  uv_loop_t loop;
   w->rng = thread_seed(w->index);
-  uv_loop_init(&loop);
-  uv_timer_init(&loop, &w->tick);
-  w->tick.data = w;
-  uv_timer_start(&w->tick, loop_tick, 0, 0);
-  sa_run(&loop, UV_RUN_DEFAULT);
-  int rc = sa_loop_close(&loop);
+  int rc = run_ticking_loop(&w->tick, w, loop_tick, 0);
   if (rc)
     FAIL("sa_loop_close: %s", sa_strerror(rc));
   return NULL;
@@ -521,14 +528,9 @@ static void owner_tick(uv_timer_t *timer) {
 
 static void *owner_thread(void *arg) {
   struct owner *o = arg;
-  uv_loop_t loop;
   o->rng = thread_seed(o->index);
-  uv_loop_init(&loop);
-  uv_timer_init(&loop, &o->tick);
-  o->tick.data = o;
-  uv_timer_start(&o->tick, owner_tick, 0, 1);
-  sa_run(&loop, UV_RUN_DEFAULT); /* ends once every job has completed */
-  int rc = sa_loop_close(&loop);
+  /* ends once every job has completed */
+  int rc = run_ticking_loop(&o->tick, o, owner_tick, 1);
   if (rc)
     FAIL("owner %d: sa_loop_close: %s", o->index, sa_strerror(rc));
   pthread_mutex_lock(&board.mutex);

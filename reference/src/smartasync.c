@@ -541,6 +541,16 @@ static void close_any(uv_handle_t *handle, void *unused) {
     uv_close(handle, NULL);
 }
 
+/* Keep `p`'s memory for a later private loop: futures may still read its
+ * context [type-stable, see struct sa_ctx]. */
+static void private_to_spares(struct sa_private *p) {
+  ctx_retire(&p->ctx);
+  pthread_mutex_lock(&sa_registry_mutex);
+  p->next_spare = sa_spare_privates;
+  sa_spare_privates = p;
+  pthread_mutex_unlock(&sa_registry_mutex);
+}
+
 /* Settle every undelivered call on `ctx` with SA_ECANCELED, close every
  * handle of its loop and close the loop. Continuations are not called: the
  * loop they would run on is going away. */
@@ -581,11 +591,7 @@ static void private_destroy(struct sa_private *p) {
     atomic_store(&r->word, W_NEXT_GEN_FREE(atomic_load(&r->word)));
     rec_recycle(r);
   }
-  ctx_retire(ctx);
-  pthread_mutex_lock(&sa_registry_mutex);
-  p->next_spare = sa_spare_privates;
-  sa_spare_privates = p;
-  pthread_mutex_unlock(&sa_registry_mutex);
+  private_to_spares(p);
 }
 
 static void private_destroy_all(struct sa_thread *t) {
@@ -628,11 +634,7 @@ static int pick_private(struct sa_thread *t, struct sa_private **out) {
       ctx_init(&p->ctx, &p->loop);
       int err = uv_loop_init(&p->loop);
       if (err) {
-        ctx_retire(&p->ctx);
-        pthread_mutex_lock(&sa_registry_mutex);
-        p->next_spare = sa_spare_privates;
-        sa_spare_privates = p;
-        pthread_mutex_unlock(&sa_registry_mutex);
+        private_to_spares(p);
         return err;
       }
       t->priv[k] = p;
@@ -820,6 +822,12 @@ SA_COLD static int run_async_from_sync(struct sa_thread *t, const sa_op_t *op, v
   return err;
 }
 
+/* Whether a call in `mode` runs synchronously: forced, or auto in sync
+ * context [SA-DET-1, SA-MODE-1]. */
+static inline bool runs_sync(const struct sa_thread *t, sa_mode_t mode) {
+  return mode == SA_MODE_SYNC || (mode == SA_MODE_AUTO && t->depth == 0);
+}
+
 int sa_dispatch(const sa_op_t *op, void *arg, sa_mode_t mode, void **value,
                 sa_future_t *future) {
   struct sa_thread *t = &sa_self;
@@ -833,7 +841,7 @@ int sa_dispatch(const sa_op_t *op, void *arg, sa_mode_t mode, void **value,
   struct sa_private *p = t->priv[0];
   if (SA_LIKELY(t->depth == 0 && p && mode != SA_MODE_ASYNC))
     return run_sync(t, p, op, arg, value);
-  if (mode == SA_MODE_SYNC || (mode == SA_MODE_AUTO && t->depth == 0))
+  if (runs_sync(t, mode))
     return run_sync_slow(t, op, arg, value);
   if (value)
     *value = NULL;
@@ -926,12 +934,11 @@ static const sa_op_t blocking_op = {blocking_start, blocking_cancel};
 
 int sa_call_blocking(sa_blocking_fn fn, void *arg, sa_mode_t mode, void **value,
                      sa_future_t *future) {
-  const struct sa_thread *t = &sa_self;
   if (!fn || (unsigned)mode > SA_MODE_ASYNC || (!future && mode != SA_MODE_SYNC))
     return SA_EINVAL;
   if (future)
     future->id = 0;
-  if (mode == SA_MODE_SYNC || (mode == SA_MODE_AUTO && t->depth == 0)) {
+  if (runs_sync(&sa_self, mode)) {
     void *v = NULL;
     int status = blocking_status(fn(arg, &v));
     if (value)
