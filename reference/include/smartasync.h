@@ -21,6 +21,7 @@
 #define SMARTASYNC_H
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
 
@@ -40,6 +41,7 @@ extern "C" {
 #define SA_EPERM      (-EPERM)     /* not allowed from this thread */
 #define SA_ENOTSUP    (-ENOTSUP)   /* the op has no cancel hook */
 #define SA_ECANCELED  (-ECANCELED) /* the call was cancelled or its loop went away */
+#define SA_ETIMEDOUT  (-ETIMEDOUT) /* the deadline passed before the call completed */
 
 /* Forced-sync calls may nest this deep on one thread [SA-MODE-3]. */
 #define SA_MAX_SYNC_DEPTH 4
@@ -138,14 +140,88 @@ int sa_future_then(sa_future_t future, sa_continuation_cb cb, void *data);
  * sleeps until the owner thread delivers. */
 int sa_future_wait(sa_future_t future, void **value);
 
-/* Ask a pending call to stop, through its op's cancel hook. Only from the
- * future's own thread. SA_ENOTSUP if the op has no hook; 0 if done already. */
+/* Ask a pending call to stop, through its op's cancel hook, which runs on
+ * the call's loop thread: at once from that thread, else when that loop
+ * next runs [SA-CAN-*]. The result (SA_ECANCELED, or the real one if it won
+ * the race) is delivered exactly once. Returns 0, also if done already;
+ * SA_ENOTSUP if the op has no hook (known on the loop's thread only). */
 int sa_future_cancel(sa_future_t future);
 
 /* Give the future back. A pending call runs on, its result is dropped and
  * its continuation is not called. Any thread; the second release of a
  * handle is SA_ESTALE. */
 int sa_future_release(sa_future_t future);
+
+/* ---- deadlines [SA-DL-*] ----------------------------------------------- */
+
+/* A deadline is an absolute time on uv_hrtime()'s clock (nanoseconds,
+ * CLOCK_MONOTONIC). SA_NO_DEADLINE never passes. */
+#define SA_NO_DEADLINE UINT64_MAX
+
+/* The deadline `timeout_ms` milliseconds from now. */
+uint64_t sa_deadline_in(uint64_t timeout_ms);
+
+/* sa_dispatch with a deadline on the call. If the op has not completed when
+ * the deadline passes, the call's result is SA_ETIMEDOUT (returned in sync
+ * mode, delivered through the future in async mode), then the op's cancel
+ * hook runs so it can stop its work. The op still completes the call, and
+ * its resources stay valid until it does; that completion is dropped. */
+int sa_dispatch_until(const sa_op_t *op, void *arg, sa_mode_t mode, uint64_t deadline,
+                      void **value, sa_future_t *future);
+
+/* sa_future_wait that gives up at `deadline`: the call then times out as if
+ * it had that deadline (SA_ETIMEDOUT, cancel hook), unless it completed
+ * first. From a thread other than the call's, the wait returns SA_ETIMEDOUT
+ * at the deadline and the call times out when its loop next runs. */
+int sa_future_wait_until(sa_future_t future, uint64_t deadline, void **value);
+
+/* ---- batches [SA-BAT-*] ------------------------------------------------ */
+
+typedef struct sa_batch_item {
+  const sa_op_t *op; /* in */
+  void *arg;         /* in */
+  int status;        /* out: the call's status; SA_ECANCELED for the losers
+                        of SA_BATCH_FIRST */
+  void *value;       /* out */
+} sa_batch_item_t;
+
+typedef enum {
+  SA_BATCH_ALL = 0, /* wait for all; the status is the first error, in the
+                       items' order, or 0 */
+  SA_BATCH_FIRST    /* wait for the first to finish, cancel the others and
+                       drop their results; the status is the winner's */
+} sa_batch_kind_t;
+
+/* Start the n calls at once on one loop and wait as `kind` says, in `mode`:
+ * sync blocks (the calls overlap on the private loop), async returns a
+ * future. The value is the item that decided: the first failing one (ALL;
+ * NULL if none failed) or the winner (FIRST). `items` must stay valid until
+ * the batch completes. Cancelling the batch cancels its pending calls. */
+int sa_batch(sa_batch_item_t *items, size_t n, sa_batch_kind_t kind, sa_mode_t mode,
+             void **value, sa_future_t *future);
+
+/* ---- home loops [SA-HOME-*] -------------------------------------------- */
+
+/* An object's home: a loop run by its own thread, started and stopped by
+ * the library. Calls made on it from any thread run on that loop: sync
+ * callers block, async callers get a future delivered on their own loop.
+ * State that only the home loop's ops touch needs no lock. */
+typedef struct sa_home sa_home_t;
+
+/* Start a home thread and its loop; *home is ready for calls on return. */
+int sa_home_start(sa_home_t **home);
+
+/* Run `op` with `arg` on the home loop, in `mode` as for sa_dispatch.
+ * A forced sync call from the home thread itself is SA_EDEADLK. */
+int sa_home_call(sa_home_t *home, const sa_op_t *op, void *arg, sa_mode_t mode,
+                 void **value, sa_future_t *future);
+
+/* Stop the home: calls queued or in flight get their op's cancel hook and
+ * then SA_ECANCELED if still pending, none is lost or answered twice; the
+ * thread and the loop are freed. Calls that arrive meanwhile get
+ * SA_ECANCELED. Not from the home thread (SA_EDEADLK); `home` is invalid
+ * on return, and no call may be made with it after. */
+int sa_home_stop(sa_home_t *home);
 
 /* ---- blocking functions [SA-BLK-*] ------------------------------------- */
 

@@ -36,6 +36,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #if defined(__GNUC__)
 #define SA_TLS_MODEL __attribute__((tls_model("initial-exec")))
@@ -97,20 +98,27 @@
 #define W_RELEASED 2u /* the holder gave the future back */
 #define W_QUEUED 4u   /* a late continuation is queued on the loop */
 #define W_FREE 8u     /* in the pool: no handle refers to it */
+#define W_HELD 16u    /* timed out: the result is out, but the op still holds
+                         the call until it completes it */
 #define W_GEN(w) ((uint32_t)((w) >> 32))
 #define W_NEXT_GEN_FREE(w) ((((uint64_t)W_GEN(w) + 1) << 32) | W_FREE)
 
 struct sa_thread;
 struct sa_future_rec;
+struct sa_msg;
+struct sa_home;
 
 /* The dispatcher's state for one loop. Touched only by the thread running
  * the loop, except `running` and `id`, which other threads may read.
  * Type-stable: kept for reuse, never freed, so a future that outlived its
  * loop can still check `id` safely. */
 struct sa_ctx {
+  /* Other threads may touch these three at any time: initialised once per
+   * allocation (the mutex) or changed atomically, never cleared in bulk. */
+  pthread_mutex_t inbox_mutex; /* guards the inbox, and changes of `id` */
+  _Atomic uint64_t id;         /* unique per use; 0 once the loop is gone */
+  atomic_uint running;         /* scopes on it, on whichever thread runs it */
   uv_loop_t *loop;
-  _Atomic uint64_t id;   /* unique per use; 0 once the loop is gone */
-  atomic_uint running;   /* scopes on it, on whichever thread runs it */
   unsigned waiting;      /* future waits driving it: deliveries stop it */
   bool drain_ready;      /* `drain` initialised */
   bool drain_started;    /* `drain` active: the deferred queue is not empty */
@@ -118,6 +126,13 @@ struct sa_ctx {
   struct sa_future_rec *deferred_head, *deferred_tail;
   struct sa_future_rec *pending; /* undelivered async calls */
   unsigned npending;
+  /* Messages from other threads, woken by `wakeup` (unreferenced unless
+   * results of home-loop calls are awaited: `remote` counts them). */
+  bool wakeup_ready;
+  uv_async_t wakeup;
+  struct sa_msg *inbox_head, *inbox_tail;
+  unsigned remote;
+  struct sa_home *home; /* the home object this loop serves, if any */
   struct sa_ctx *next_registered; /* application loops only */
 };
 
@@ -127,23 +142,27 @@ struct sa_ctx {
                              Clear while op->start runs: the dispatcher looks
                              when it returns. */
 #define CALL_COMPLETED 4u /* sa_complete was called */
+#define CALL_TIMED_OUT 8u /* the deadline passed first: SA_ETIMEDOUT delivered */
 
 /* A sync call sets only owner, loop and flags (it lives on the caller's
  * stack for one call); an async call sets everything. */
+/* `owner` and `ctx` are atomic (relaxed: plain moves) because other
+ * threads read them through future handles that may have gone stale. */
 struct sa_call {
-  struct sa_thread *owner;
+  _Atomic(struct sa_thread *) owner;
   uv_loop_t *loop;
   unsigned flags;
   int status;
   void *value;
-  struct sa_ctx *ctx;
+  _Atomic(struct sa_ctx *) ctx;
   const sa_op_t *op;
   void *arg;
 };
 
 struct sa_future_rec {
   struct sa_call call;
-  uint64_t ctx_id; /* call.ctx->id when dispatched */
+  _Atomic uint64_t ctx_id; /* call.ctx->id when dispatched */
+  struct sa_deadline *deadline; /* armed deadline timer, else NULL */
   _Atomic uint64_t word; /* generation << 32 | W_* flags */
   uint32_t index;
   uint32_t next_free;
@@ -172,6 +191,14 @@ struct sa_thread {
   bool exit_hook_set;
 };
 
+static inline struct sa_thread *call_owner(const struct sa_call *call) {
+  return atomic_load_explicit(&call->owner, memory_order_relaxed);
+}
+
+static inline struct sa_ctx *call_ctx(const struct sa_call *call) {
+  return atomic_load_explicit(&call->ctx, memory_order_relaxed);
+}
+
 /* initial-exec: a TLS read costs a few instructions even in a shared
  * library (the general-dynamic model calls __tls_get_addr). */
 static _Thread_local struct sa_thread sa_self SA_TLS_MODEL = {
@@ -193,6 +220,9 @@ static _Atomic uint64_t sa_next_ctx_id = 1;
 static struct sa_private *sa_abandoned;
 
 static void thread_exit(void *arg);
+
+/* Condition variables time out on uv_hrtime()'s clock, as deadlines do. */
+static pthread_condattr_t sa_monotonic_cond;
 
 /* ---- process-wide set-up and fork ---------------------------------------- */
 
@@ -225,6 +255,8 @@ static void atfork_child(void) {
 }
 
 static void init_once(void) {
+  pthread_condattr_init(&sa_monotonic_cond);
+  pthread_condattr_setclock(&sa_monotonic_cond, CLOCK_MONOTONIC);
   if (pthread_key_create(&sa_exit_key, thread_exit) != 0)
     abort(); /* only at start-up, with no keys left: nothing can work */
   pthread_atfork(atfork_prepare, atfork_release, atfork_child);
@@ -286,7 +318,7 @@ static int pool_grow(void) {
     SA_ATOMIC_VARIABLE(&r->word, sizeof r->word);
     SA_ATOMIC_VARIABLE(&r->sleepers, sizeof r->sleepers);
     pthread_mutex_init(&r->mutex, NULL);
-    pthread_cond_init(&r->cond, NULL);
+    pthread_cond_init(&r->cond, &sa_monotonic_cond);
   }
   atomic_store_explicit(&sa_chunks[sa_nchunks], chunk, memory_order_release);
   sa_nchunks++;
@@ -413,14 +445,15 @@ static inline void wake_sleepers(struct sa_future_rec *r) {
     wake_sleepers_now(r);
 }
 
-/* Mark the result delivered. Returns the word before, whose W_RELEASED says
+/* Mark the result delivered, adding `set` (W_DONE, and W_HELD while the op
+ * still holds the call). Returns the word before, whose W_RELEASED says
  * whether the holder already let go (the record is then freed, unless
- * `keep_released` asks the caller to free it later). */
-static inline uint64_t mark_done(struct sa_future_rec *r, bool keep_released) {
+ * `keep_released` asks the caller to see to it). */
+static inline uint64_t mark_done(struct sa_future_rec *r, uint64_t set, bool keep_released) {
   uint64_t w = atomic_load_explicit(&r->word, memory_order_relaxed), next;
   SA_HAPPENS_BEFORE(&r->word);
   do {
-    next = (w & W_RELEASED) && !keep_released ? W_NEXT_GEN_FREE(w) : w | W_DONE;
+    next = (w & W_RELEASED) && !keep_released ? W_NEXT_GEN_FREE(w) : w | set;
   } while (!atomic_compare_exchange_weak_explicit(
       &r->word, &w, next, memory_order_acq_rel, memory_order_relaxed));
   SA_HAPPENS_AFTER(&r->word);
@@ -428,41 +461,60 @@ static inline uint64_t mark_done(struct sa_future_rec *r, bool keep_released) {
   return w;
 }
 
-static void deliver(struct sa_future_rec *r) {
-  struct sa_ctx *ctx = r->call.ctx;
-  pending_unlink(ctx, r);
+/* Clear `bits` (W_QUEUED or W_HELD) from a delivered record's word, and free
+ * the record if that was the last thing keeping a released one. Returns the
+ * word before. */
+static uint64_t let_go(struct sa_future_rec *r, uint64_t bits) {
+  uint64_t w = atomic_load_explicit(&r->word, memory_order_relaxed), next;
+  SA_HAPPENS_BEFORE(&r->word);
+  do {
+    next = w & ~bits;
+    if ((next & W_RELEASED) && !(next & (W_QUEUED | W_HELD)))
+      next = W_NEXT_GEN_FREE(w);
+  } while (!atomic_compare_exchange_weak_explicit(
+      &r->word, &w, next, memory_order_acq_rel, memory_order_relaxed));
+  SA_HAPPENS_AFTER(&r->word);
+  if (next & W_FREE)
+    rec_recycle(r);
+  return w;
+}
+
+static void deadline_disarm(struct sa_future_rec *r);
+
+/* Hand the result over: mark it done and call the continuation, unless the
+ * holder released the future. A timed-out call (`held`) stays pending on
+ * its loop and its record stays alive until the op completes it. */
+static inline __attribute__((always_inline)) void deliver_as(struct sa_future_rec *r,
+                                                              bool held) {
+  struct sa_ctx *ctx = call_ctx(&r->call);
+  if (!held)
+    pending_unlink(ctx, r);
+  if (SA_UNLIKELY(r->deadline != NULL))
+    deadline_disarm(r);
   /* Read everything before the record can change hands. */
   sa_continuation_cb cb = r->cont;
   void *data = r->cont_data;
   int status = r->call.status;
   void *value = r->call.value;
-  uint64_t w = mark_done(r, false);
+  uint64_t w = mark_done(r, held ? W_DONE | W_HELD : W_DONE, held);
   if (ctx->waiting)
     uv_stop(ctx->loop); /* a future wait drives this loop: let it look */
   if (w & W_RELEASED) {
-    rec_recycle(r);
+    if (!held)
+      rec_recycle(r);
     return;
   }
   if (cb)
     cb(handle_of(r, w), status, value, data);
 }
 
+static void deliver(struct sa_future_rec *r) { deliver_as(r, false); }
+
 /* Take a late continuation off the queue. Returns true if the holder
- * still has the future; false if it was released meanwhile (freed now). */
+ * still has the future; false if it was released meanwhile. */
 static bool unqueue_late(struct sa_future_rec *r, uint64_t *word) {
-  uint64_t w = atomic_load_explicit(&r->word, memory_order_relaxed), next;
-  SA_HAPPENS_BEFORE(&r->word);
-  do {
-    next = (w & W_RELEASED) ? W_NEXT_GEN_FREE(w) : w & ~(uint64_t)W_QUEUED;
-  } while (!atomic_compare_exchange_weak_explicit(
-      &r->word, &w, next, memory_order_acq_rel, memory_order_relaxed));
-  SA_HAPPENS_AFTER(&r->word);
-  *word = w;
-  if (w & W_RELEASED) {
-    rec_recycle(r);
-    return false;
-  }
-  return true;
+  *word = let_go(r, W_QUEUED);
+  return !(*word & W_RELEASED);
 }
 
 /* A continuation attached after delivery: run it unless released since. */
@@ -472,6 +524,12 @@ static void run_late_continuation(struct sa_future_rec *r) {
     r->cont(handle_of(r, w), r->call.status, r->call.value, r->cont_data);
 }
 
+/* Run callbacks for `ctx` in async context on it, also when the application
+ * runs the loop without a scope around uv_run. Returns whether it pushed. */
+static inline bool scope_for_callbacks(struct sa_thread *t, struct sa_ctx *ctx) {
+  return top_ctx(t) != ctx && scope_push(t, ctx) == 0;
+}
+
 static void on_drain(uv_idle_t *idle) {
   struct sa_ctx *ctx = idle->data;
   struct sa_thread *t = &sa_self;
@@ -479,9 +537,7 @@ static void on_drain(uv_idle_t *idle) {
   ctx->deferred_head = ctx->deferred_tail = NULL;
   ctx->drain_started = false;
   uv_idle_stop(idle);
-  /* Continuations are async context on this loop, also when the
-   * application runs it without a scope around uv_run. */
-  bool pushed = top_ctx(t) != ctx && scope_push(t, ctx) == 0;
+  bool pushed = scope_for_callbacks(t, ctx);
   while (r) {
     struct sa_future_rec *next = r->next_deferred;
     if (atomic_load_explicit(&r->word, memory_order_relaxed) & W_DONE)
@@ -523,17 +579,221 @@ static inline int defer(struct sa_ctx *ctx, struct sa_future_rec *r) {
   return 0;
 }
 
-/* ---- loops and contexts ------------------------------------------------ */
+/* ---- deadlines --------------------------------------------------------- */
 
-static void ctx_init(struct sa_ctx *ctx, uv_loop_t *loop) {
-  memset(ctx, 0, sizeof *ctx);
-  ctx->loop = loop;
-  atomic_init(&ctx->running, 0);
-  atomic_init(&ctx->id, atomic_fetch_add(&sa_next_ctx_id, 1));
+/* A call's deadline: a timer on the call's loop, freed when closed. */
+struct sa_deadline {
+  uv_timer_t timer; /* first: the close callback frees the struct */
+  struct sa_future_rec *rec;
+  uint64_t at; /* uv_hrtime() */
+};
+
+static void free_handle(uv_handle_t *handle) { free(handle); }
+
+static void deadline_disarm(struct sa_future_rec *r) {
+  struct sa_deadline *d = r->deadline;
+  r->deadline = NULL;
+  uv_close((uv_handle_t *)&d->timer, free_handle);
 }
 
-/* Retire a context: futures that outlive it see the id change. */
-static void ctx_retire(struct sa_ctx *ctx) { atomic_store(&ctx->id, 0); }
+/* Time the call out: deliver SA_ETIMEDOUT now, then give the op's cancel
+ * hook the chance to stop its work. The op keeps its call until it
+ * completes it; that completion is not delivered [SA-DL-2]. */
+static void time_out(struct sa_future_rec *r) {
+  if (r->call.flags & (CALL_COMPLETED | CALL_TIMED_OUT))
+    return;
+  r->call.flags |= CALL_TIMED_OUT;
+  r->call.status = SA_ETIMEDOUT;
+  r->call.value = NULL;
+  deliver_as(r, true);
+  /* The record is held: it is still this call's. */
+  if (r->call.op->cancel && !(r->call.flags & CALL_COMPLETED))
+    r->call.op->cancel(&r->call, r->call.loop, r->call.arg);
+}
+
+static int deadline_start(struct sa_deadline *d);
+
+static void on_deadline(uv_timer_t *timer) {
+  struct sa_deadline *d = (struct sa_deadline *)timer;
+  if (uv_hrtime() < d->at) { /* loop time is coarse: never expire early */
+    if (deadline_start(d) == 0)
+      return;
+  }
+  struct sa_future_rec *r = d->rec;
+  struct sa_ctx *ctx = call_ctx(&r->call);
+  struct sa_thread *t = &sa_self;
+  bool pushed = scope_for_callbacks(t, ctx);
+  time_out(r);
+  if (pushed)
+    scope_pop(t);
+}
+
+static int deadline_start(struct sa_deadline *d) {
+  uint64_t now = uv_hrtime();
+  /* Whole milliseconds, rounded up, plus one for the loop's coarse clock. */
+  uint64_t ms = d->at > now ? (d->at - now + 999999) / 1000000 + 1 : 0;
+  uv_update_time(d->timer.loop);
+  return uv_timer_start(&d->timer, on_deadline, ms, 0);
+}
+
+/* Give pending record `r` a deadline (an earlier one stands). On its loop's
+ * thread. */
+static int deadline_arm(struct sa_future_rec *r, uint64_t at) {
+  struct sa_deadline *d = r->deadline;
+  if (d && d->at <= at)
+    return 0;
+  if (!d) {
+    if (!(d = malloc(sizeof *d)))
+      return SA_ENOMEM;
+    int err = uv_timer_init(r->call.loop, &d->timer);
+    if (err) {
+      free(d);
+      return err;
+    }
+    d->rec = r;
+    r->deadline = d;
+  }
+  d->at = at;
+  return deadline_start(d);
+}
+
+uint64_t sa_deadline_in(uint64_t timeout_ms) {
+  uint64_t now = uv_hrtime();
+  if (timeout_ms >= (SA_NO_DEADLINE - now) / 1000000)
+    return SA_NO_DEADLINE;
+  return now + timeout_ms * 1000000;
+}
+
+/* ---- loops and contexts ------------------------------------------------ */
+
+/* For memory that will hold contexts: once per allocation. */
+static void ctx_alloc_init(struct sa_ctx *ctx) {
+  pthread_mutex_init(&ctx->inbox_mutex, NULL);
+  atomic_init(&ctx->id, 0);
+  atomic_init(&ctx->running, 0);
+}
+
+static void ctx_init(struct sa_ctx *ctx, uv_loop_t *loop) {
+  memset(&ctx->loop, 0, sizeof *ctx - offsetof(struct sa_ctx, loop));
+  ctx->loop = loop;
+  atomic_store(&ctx->running, 0);
+  atomic_store(&ctx->id, atomic_fetch_add(&sa_next_ctx_id, 1));
+}
+
+/* ---- messages between threads ------------------------------------------ */
+
+/* Other threads never touch a loop: they queue a message on its context and
+ * wake it through its one uv_async_t, and the loop's thread acts. */
+enum sa_msg_kind {
+  MSG_CANCEL,      /* cancel the call `target` [SA-CAN-1] */
+  MSG_TIMEOUT,     /* time out the call `target` [SA-DL-3] */
+  MSG_RESULT,      /* a home-loop call's result for the caller's `target` */
+  MSG_HOME_CALL,   /* run a call on the home loop for the caller's `target` */
+  MSG_HOME_CANCEL, /* cancel the home-loop side of the caller's `target` */
+};
+
+struct sa_msg {
+  struct sa_msg *next;
+  enum sa_msg_kind kind;
+  sa_future_t target;
+};
+
+static void handle_msg(struct sa_thread *t, struct sa_ctx *ctx, struct sa_msg *m);
+static void drop_msg(struct sa_msg *m);
+
+/* Queue `m` on `ctx` if it still has id `id`, and wake its loop. Any
+ * thread. SA_ECANCELED (and `m` untouched) if that loop is gone. */
+static int post(struct sa_ctx *ctx, uint64_t id, struct sa_msg *m) {
+  m->next = NULL;
+  pthread_mutex_lock(&ctx->inbox_mutex);
+  /* The id is retired under this lock before the wake-up handle closes. */
+  bool open = id != 0 && atomic_load_explicit(&ctx->id, memory_order_relaxed) == id &&
+              ctx->wakeup_ready;
+  if (open) {
+    if (ctx->inbox_tail)
+      ctx->inbox_tail->next = m;
+    else
+      ctx->inbox_head = m;
+    ctx->inbox_tail = m;
+    uv_async_send(&ctx->wakeup);
+  }
+  pthread_mutex_unlock(&ctx->inbox_mutex);
+  return open ? 0 : SA_ECANCELED;
+}
+
+static struct sa_msg *take_inbox(struct sa_ctx *ctx, bool retire) {
+  pthread_mutex_lock(&ctx->inbox_mutex);
+  struct sa_msg *m = ctx->inbox_head;
+  ctx->inbox_head = ctx->inbox_tail = NULL;
+  if (retire)
+    atomic_store(&ctx->id, 0);
+  pthread_mutex_unlock(&ctx->inbox_mutex);
+  return m;
+}
+
+static bool home_stopping(struct sa_ctx *ctx);
+static void home_begin_stop(struct sa_ctx *ctx);
+
+static void on_wakeup(uv_async_t *async) {
+  struct sa_ctx *ctx = async->data;
+  struct sa_thread *t = &sa_self;
+  struct sa_msg *m = take_inbox(ctx, false);
+  bool pushed = scope_for_callbacks(t, ctx);
+  while (m) {
+    struct sa_msg *next = m->next;
+    handle_msg(t, ctx, m);
+    m = next;
+  }
+  if (ctx->home && home_stopping(ctx))
+    home_begin_stop(ctx);
+  if (pushed)
+    scope_pop(t);
+}
+
+/* On the loop's thread, before any handle of one of its calls escapes. */
+SA_COLD static int wakeup_init(struct sa_ctx *ctx) {
+  int err = uv_async_init(ctx->loop, &ctx->wakeup, on_wakeup);
+  if (err)
+    return err;
+  ctx->wakeup.data = ctx;
+  uv_unref((uv_handle_t *)&ctx->wakeup); /* messages alone keep no loop alive */
+  pthread_mutex_lock(&ctx->inbox_mutex);
+  ctx->wakeup_ready = true;
+  pthread_mutex_unlock(&ctx->inbox_mutex);
+  return 0;
+}
+
+/* Results of home-loop calls are awaited on `ctx`: keep its loop alive. */
+static void remote_add(struct sa_ctx *ctx) {
+  if (ctx->remote++ == 0)
+    uv_ref((uv_handle_t *)&ctx->wakeup);
+}
+
+static void remote_done(struct sa_ctx *ctx) {
+  if (--ctx->remote == 0)
+    uv_unref((uv_handle_t *)&ctx->wakeup);
+}
+
+/* The record `f` names if it is a call of `ctx` that this thread may act
+ * on: not completed by its op. A record that is pending or held can only be
+ * freed by its loop's thread, this one, so reading it is safe. */
+static struct sa_future_rec *local_call(struct sa_thread *t, struct sa_ctx *ctx,
+                                        sa_future_t f) {
+  uint64_t w;
+  struct sa_future_rec *r = lookup(f, &w);
+  if (!r || ((w & W_DONE) && !(w & W_HELD)) || call_owner(&r->call) != t ||
+      call_ctx(&r->call) != ctx || (r->call.flags & CALL_COMPLETED))
+    return NULL;
+  return r;
+}
+
+/* Run a pending call's cancel hook, if it has one [SA-FUT-8]. */
+static void cancel_here(struct sa_future_rec *r) {
+  if (!(r->call.flags & (CALL_COMPLETED | CALL_TIMED_OUT)) && r->call.op->cancel)
+    r->call.op->cancel(&r->call, r->call.loop, r->call.arg);
+}
+
+/* ---- loops going away --------------------------------------------------- */
 
 static void close_any(uv_handle_t *handle, void *unused) {
   (void)unused;
@@ -544,18 +804,29 @@ static void close_any(uv_handle_t *handle, void *unused) {
 /* Keep `p`'s memory for a later private loop: futures may still read its
  * context [type-stable, see struct sa_ctx]. */
 static void private_to_spares(struct sa_private *p) {
-  ctx_retire(&p->ctx);
+  struct sa_msg *m = take_inbox(&p->ctx, true);
+  while (m) {
+    struct sa_msg *next = m->next;
+    drop_msg(m);
+    m = next;
+  }
   pthread_mutex_lock(&sa_registry_mutex);
   p->next_spare = sa_spare_privates;
   sa_spare_privates = p;
   pthread_mutex_unlock(&sa_registry_mutex);
 }
 
-/* Settle every undelivered call on `ctx` with SA_ECANCELED, close every
- * handle of its loop and close the loop. Continuations are not called: the
- * loop they would run on is going away. */
-static void private_destroy(struct sa_private *p) {
-  struct sa_ctx *ctx = &p->ctx;
+/* Close a loop the dispatcher owns, whatever is still on it: refuse its
+ * messages, settle every undelivered call with SA_ECANCELED (a timed-out
+ * call keeps its SA_ETIMEDOUT), close every handle and close the loop.
+ * Continuations are not called: the loop they would run on is going away. */
+static void loop_teardown(struct sa_ctx *ctx) {
+  struct sa_msg *m = take_inbox(ctx, true);
+  while (m) {
+    struct sa_msg *next = m->next;
+    drop_msg(m);
+    m = next;
+  }
   struct sa_future_rec *released = NULL;
   struct sa_future_rec *q = ctx->deferred_head;
   ctx->deferred_head = ctx->deferred_tail = NULL;
@@ -569,21 +840,26 @@ static void private_destroy(struct sa_private *p) {
   while (ctx->pending) {
     struct sa_future_rec *r = ctx->pending;
     pending_unlink(ctx, r);
-    if (!(r->call.flags & CALL_COMPLETED)) {
-      r->call.flags |= CALL_COMPLETED;
+    if (r->deadline)
+      deadline_disarm(r);
+    if (!(r->call.flags & (CALL_COMPLETED | CALL_TIMED_OUT))) {
       r->call.status = SA_ECANCELED;
       r->call.value = NULL;
     }
+    r->call.flags |= CALL_COMPLETED;
     /* Ops may still call sa_complete on it while the loop drains: keep a
      * released record out of the pool until then. */
-    if (mark_done(r, true) & W_RELEASED) {
+    uint64_t w = mark_done(r, W_DONE, true);
+    if (w & W_RELEASED) {
       r->next_deferred = released;
       released = r;
+    } else if (w & W_HELD) {
+      let_go(r, W_HELD); /* the holder frees it when it releases */
     }
   }
-  uv_walk(&p->loop, close_any, NULL);
-  while (uv_loop_close(&p->loop) == UV_EBUSY)
-    uv_run(&p->loop, UV_RUN_DEFAULT);
+  uv_walk(ctx->loop, close_any, NULL);
+  while (uv_loop_close(ctx->loop) == UV_EBUSY)
+    uv_run(ctx->loop, UV_RUN_DEFAULT);
   while (released) {
     struct sa_future_rec *r = released;
     released = r->next_deferred;
@@ -591,6 +867,10 @@ static void private_destroy(struct sa_private *p) {
     atomic_store(&r->word, W_NEXT_GEN_FREE(atomic_load(&r->word)));
     rec_recycle(r);
   }
+}
+
+static void private_destroy(struct sa_private *p) {
+  loop_teardown(&p->ctx);
   private_to_spares(p);
 }
 
@@ -629,10 +909,15 @@ static int pick_private(struct sa_thread *t, struct sa_private **out) {
       if ((p = sa_spare_privates) != NULL)
         sa_spare_privates = p->next_spare;
       pthread_mutex_unlock(&sa_registry_mutex);
-      if (!p && !(p = malloc(sizeof *p)))
-        return SA_ENOMEM;
+      if (!p) {
+        if (!(p = malloc(sizeof *p)))
+          return SA_ENOMEM;
+        ctx_alloc_init(&p->ctx);
+      }
       ctx_init(&p->ctx, &p->loop);
       int err = uv_loop_init(&p->loop);
+      if (!err && (err = wakeup_init(&p->ctx)) != 0)
+        uv_loop_close(&p->loop);
       if (err) {
         private_to_spares(p);
         return err;
@@ -660,7 +945,9 @@ static struct sa_ctx *ctx_of(struct sa_thread *t, uv_loop_t *loop, bool create) 
   if (!ctx && create) {
     if ((ctx = sa_spare_ctxs) != NULL)
       sa_spare_ctxs = ctx->next_registered;
-    else if ((ctx = malloc(sizeof *ctx)) == NULL)
+    else if ((ctx = malloc(sizeof *ctx)) != NULL)
+      ctx_alloc_init(ctx);
+    else
       goto out;
     ctx_init(ctx, loop);
     ctx->next_registered = sa_registry;
@@ -669,6 +956,24 @@ static struct sa_ctx *ctx_of(struct sa_thread *t, uv_loop_t *loop, bool create) 
 out:
   pthread_mutex_unlock(&sa_registry_mutex);
   return ctx;
+}
+
+/* Keep a closed application loop's context for reuse [type-stable]. */
+static void ctx_to_spares(struct sa_ctx *ctx) {
+  pthread_mutex_lock(&sa_registry_mutex);
+  ctx->next_registered = sa_spare_ctxs;
+  sa_spare_ctxs = ctx;
+  pthread_mutex_unlock(&sa_registry_mutex);
+}
+
+static void ctx_unregister(struct sa_ctx *ctx) {
+  pthread_mutex_lock(&sa_registry_mutex);
+  struct sa_ctx **link = &sa_registry;
+  while (*link && *link != ctx)
+    link = &(*link)->next_registered;
+  if (*link)
+    *link = ctx->next_registered;
+  pthread_mutex_unlock(&sa_registry_mutex);
 }
 
 int sa_enter(uv_loop_t *loop) {
@@ -726,15 +1031,20 @@ int sa_loop_close(uv_loop_t *loop) {
   }
   pthread_mutex_unlock(&sa_registry_mutex);
   if (ctx) {
-    if (ctx->drain_ready) {
-      uv_close((uv_handle_t *)&ctx->drain, NULL);
-      uv_run(loop, UV_RUN_NOWAIT); /* finishes the close */
+    /* No call is pending: the messages left are moot. */
+    struct sa_msg *m = take_inbox(ctx, true);
+    while (m) {
+      struct sa_msg *next = m->next;
+      drop_msg(m);
+      m = next;
     }
-    ctx_retire(ctx);
-    pthread_mutex_lock(&sa_registry_mutex);
-    ctx->next_registered = sa_spare_ctxs;
-    sa_spare_ctxs = ctx;
-    pthread_mutex_unlock(&sa_registry_mutex);
+    if (ctx->drain_ready)
+      uv_close((uv_handle_t *)&ctx->drain, NULL);
+    if (ctx->wakeup_ready)
+      uv_close((uv_handle_t *)&ctx->wakeup, NULL);
+    if (ctx->drain_ready || ctx->wakeup_ready)
+      uv_run(loop, UV_RUN_NOWAIT); /* finishes the closes */
+    ctx_to_spares(ctx);
   }
   return uv_loop_close(loop);
 }
@@ -758,7 +1068,7 @@ static void sync_wait(struct sa_private *p, struct sa_call *call) {
 static inline int run_sync(struct sa_thread *t, struct sa_private *p, const sa_op_t *op,
                            void *arg, void **value) {
   struct sa_call call;
-  call.owner = t;
+  atomic_store_explicit(&call.owner, t, memory_order_relaxed);
   call.loop = &p->loop;
   call.flags = 0;
   if (SA_UNLIKELY(scope_push(t, &p->ctx) != 0))
@@ -783,16 +1093,22 @@ SA_COLD static int run_sync_slow(struct sa_thread *t, const sa_op_t *op, void *a
 
 static int run_async(struct sa_thread *t, struct sa_ctx *ctx, const sa_op_t *op,
                      void *arg, sa_future_t *future) {
+  if (SA_UNLIKELY(!ctx->wakeup_ready)) { /* an application loop's first call */
+    int err = wakeup_init(ctx);
+    if (err)
+      return err;
+  }
   struct sa_future_rec *r = rec_alloc(t);
   if (SA_UNLIKELY(!r))
     return SA_ENOMEM;
-  r->call.owner = t;
+  atomic_store_explicit(&r->call.owner, t, memory_order_relaxed);
   r->call.loop = ctx->loop;
   r->call.flags = CALL_ASYNC;
-  r->call.ctx = ctx;
+  atomic_store_explicit(&r->call.ctx, ctx, memory_order_relaxed);
   r->call.op = op;
   r->call.arg = arg;
-  r->ctx_id = atomic_load_explicit(&ctx->id, memory_order_relaxed);
+  atomic_store_explicit(&r->ctx_id, atomic_load_explicit(&ctx->id, memory_order_relaxed),
+                        memory_order_relaxed);
   r->cont = NULL;
   pending_link(ctx, r);
   *future = handle_of(r, atomic_load_explicit(&r->word, memory_order_relaxed));
@@ -808,19 +1124,8 @@ static int run_async(struct sa_thread *t, struct sa_ctx *ctx, const sa_op_t *op,
   return SA_PENDING;
 }
 
-/* Async forced in sync context: start on private loop 0, in async context
- * on it; waiting on the future drives it [SA-MODE-4]. */
-SA_COLD static int run_async_from_sync(struct sa_thread *t, const sa_op_t *op, void *arg,
-                                       sa_future_t *future) {
-  struct sa_private *p;
-  int err = pick_private(t, &p);
-  if (err)
-    return err;
-  scope_push(t, &p->ctx); /* cannot fail: no scope is open */
-  err = run_async(t, &p->ctx, op, arg, future);
-  scope_pop(t);
-  return err;
-}
+static int start_async_from_sync(struct sa_thread *t, const sa_op_t *op, void *arg,
+                                 uint64_t deadline, sa_future_t *future);
 
 /* Whether a call in `mode` runs synchronously: forced, or auto in sync
  * context [SA-DET-1, SA-MODE-1]. */
@@ -847,7 +1152,97 @@ int sa_dispatch(const sa_op_t *op, void *arg, sa_mode_t mode, void **value,
     *value = NULL;
   if (t->depth)
     return run_async(t, top_ctx(t), op, arg, future);
-  return run_async_from_sync(t, op, arg, future);
+  return start_async_from_sync(t, op, arg, SA_NO_DEADLINE, future);
+}
+
+/* ---- calls with a deadline, calls waited for ---------------------------- */
+
+static int wait_for(struct sa_thread *t, sa_future_t future, uint64_t deadline,
+                    void **value);
+
+/* Start an async call on `ctx` (in scope on this thread), with a deadline
+ * unless it is SA_NO_DEADLINE. */
+static int start_async(struct sa_thread *t, struct sa_ctx *ctx, const sa_op_t *op,
+                       void *arg, uint64_t deadline, sa_future_t *future) {
+  if (deadline == SA_NO_DEADLINE)
+    return run_async(t, ctx, op, arg, future);
+  /* Allocated first: past op->start, nothing may fail. */
+  struct sa_deadline *d = malloc(sizeof *d);
+  if (!d)
+    return SA_ENOMEM;
+  uv_timer_init(ctx->loop, &d->timer); /* cannot fail */
+  int rc = run_async(t, ctx, op, arg, future);
+  uint64_t w;
+  struct sa_future_rec *r = rc == SA_PENDING ? lookup(*future, &w) : NULL;
+  if (r && !(r->call.flags & CALL_COMPLETED)) {
+    d->rec = r;
+    d->at = deadline;
+    r->deadline = d;
+    deadline_start(d);
+  } else {
+    uv_close((uv_handle_t *)&d->timer, free_handle);
+  }
+  return rc;
+}
+
+/* Async forced in sync context: start on private loop 0, in async context
+ * on it; waiting on the future drives it [SA-MODE-4]. */
+SA_COLD static int start_async_from_sync(struct sa_thread *t, const sa_op_t *op, void *arg,
+                                         uint64_t deadline, sa_future_t *future) {
+  struct sa_private *p;
+  int rc = pick_private(t, &p);
+  if (rc)
+    return rc;
+  scope_push(t, &p->ctx); /* cannot fail: no scope is open */
+  rc = start_async(t, &p->ctx, op, arg, deadline, future);
+  scope_pop(t);
+  return rc;
+}
+
+/* A sync call through a future: started on a private loop that is not
+ * running and waited for by driving it. For calls that need a record: a
+ * deadline, or a result that comes from another thread. */
+static int call_on_private(struct sa_thread *t, const sa_op_t *op, void *arg,
+                           uint64_t deadline, void **value) {
+  struct sa_private *p;
+  sa_future_t f;
+  int rc = pick_private(t, &p);
+  if (rc == 0 && (rc = scope_push(t, &p->ctx)) == 0) {
+    rc = start_async(t, &p->ctx, op, arg, deadline, &f);
+    scope_pop(t);
+  }
+  if (value)
+    *value = NULL;
+  if (rc != SA_PENDING)
+    return rc;
+  rc = wait_for(t, f, SA_NO_DEADLINE, value);
+  sa_future_release(f);
+  return rc;
+}
+
+/* sa_dispatch for calls that need a record in both modes. */
+static int dispatch_record(const sa_op_t *op, void *arg, sa_mode_t mode, uint64_t deadline,
+                           void **value, sa_future_t *future) {
+  struct sa_thread *t = &sa_self;
+  if (future)
+    future->id = 0;
+  if (runs_sync(t, mode))
+    return call_on_private(t, op, arg, deadline, value);
+  if (value)
+    *value = NULL;
+  if (t->depth)
+    return start_async(t, top_ctx(t), op, arg, deadline, future);
+  return start_async_from_sync(t, op, arg, deadline, future);
+}
+
+int sa_dispatch_until(const sa_op_t *op, void *arg, sa_mode_t mode, uint64_t deadline,
+                      void **value, sa_future_t *future) {
+  if (deadline == SA_NO_DEADLINE)
+    return sa_dispatch(op, arg, mode, value, future);
+  if (!op || !op->start || (unsigned)mode > SA_MODE_ASYNC ||
+      (!future && mode != SA_MODE_SYNC))
+    return SA_EINVAL;
+  return dispatch_record(op, arg, mode, deadline, value, future);
 }
 
 /* A completion after op->start returned: wake the sync wait, or deliver.
@@ -858,8 +1253,19 @@ SA_NOINLINE static void notify(struct sa_thread *t, sa_call_t *call) {
     return;
   }
   struct sa_future_rec *r = (struct sa_future_rec *)call;
-  if (top_ctx(t) == call->ctx || defer(call->ctx, r) != 0)
+  struct sa_ctx *ctx = call_ctx(call);
+  if (top_ctx(t) == ctx || defer(ctx, r) != 0)
     deliver(r);
+}
+
+/* The op completes a call that timed out: SA_ETIMEDOUT stands, and the
+ * record is the holder's alone from now on [SA-DL-2]. */
+SA_COLD static int complete_timed_out(sa_call_t *call) {
+  struct sa_future_rec *r = (struct sa_future_rec *)call;
+  call->flags |= CALL_COMPLETED;
+  pending_unlink(call_ctx(call), r);
+  let_go(r, W_HELD);
+  return 0;
 }
 
 int sa_complete(sa_call_t *call, int status, void *value) {
@@ -867,10 +1273,10 @@ int sa_complete(sa_call_t *call, int status, void *value) {
     return SA_EINVAL;
   struct sa_thread *t = &sa_self;
   unsigned flags = call->flags;
-  if (SA_UNLIKELY(call->owner != t))
+  if (SA_UNLIKELY(call_owner(call) != t))
     return SA_EPERM;
-  if (SA_UNLIKELY(flags & CALL_COMPLETED))
-    return SA_EALREADY;
+  if (SA_UNLIKELY(flags & (CALL_COMPLETED | CALL_TIMED_OUT)))
+    return flags & CALL_COMPLETED ? SA_EALREADY : complete_timed_out(call);
   call->flags = flags | CALL_COMPLETED;
   call->status = status;
   call->value = value;
@@ -991,11 +1397,13 @@ int sa_future_then(sa_future_t future, sa_continuation_cb cb, void *data) {
   struct sa_future_rec *r = lookup(future, &w);
   if (!r)
     return SA_ESTALE;
-  if (r->call.owner != &sa_self)
+  if (call_owner(&r->call) != &sa_self)
     return SA_EPERM;
   if (r->cont)
     return SA_EALREADY;
-  if (atomic_load_explicit(&r->call.ctx->id, memory_order_relaxed) != r->ctx_id)
+  struct sa_ctx *ctx = call_ctx(&r->call);
+  if (atomic_load_explicit(&ctx->id, memory_order_relaxed) !=
+      atomic_load_explicit(&r->ctx_id, memory_order_relaxed))
     return SA_ECANCELED; /* its loop is gone: nowhere to run it */
   if (!(w & W_DONE)) {
     r->cont = cb;
@@ -1012,7 +1420,7 @@ int sa_future_then(sa_future_t future, sa_continuation_cb cb, void *data) {
   SA_HAPPENS_AFTER(&r->word);
   r->cont = cb;
   r->cont_data = data;
-  int err = defer(r->call.ctx, r);
+  int err = defer(ctx, r);
   if (err) {
     r->cont = NULL;
     atomic_fetch_and(&r->word, ~(uint64_t)W_QUEUED);
@@ -1020,19 +1428,45 @@ int sa_future_then(sa_future_t future, sa_continuation_cb cb, void *data) {
   return err;
 }
 
-/* Sleep until another thread delivers `r` (or it is released under us). */
-static void sleep_until_done(struct sa_future_rec *r, uint32_t gen) {
+/* Ask the loop that owns `r` to act on it (MSG_CANCEL, MSG_TIMEOUT): from a
+ * thread that does not run that loop. The handle may have gone stale
+ * meanwhile: the loop's thread checks it again. */
+static int request(struct sa_future_rec *r, sa_future_t future, enum sa_msg_kind kind) {
+  struct sa_msg *m = malloc(sizeof *m);
+  if (!m)
+    return SA_ENOMEM;
+  m->kind = kind;
+  m->target = future;
+  if (post(call_ctx(&r->call), atomic_load_explicit(&r->ctx_id, memory_order_relaxed), m))
+    free(m); /* its loop is gone, and the call was settled with it */
+  return 0;
+}
+
+/* Sleep until another thread delivers `r`, it is released under us, or the
+ * deadline passes (then false). */
+static bool sleep_until_done(struct sa_future_rec *r, uint32_t gen, uint64_t deadline) {
+  struct timespec at = {(time_t)(deadline / 1000000000u), (long)(deadline % 1000000000u)};
+  bool done = true;
   uint64_t w;
   atomic_fetch_add(&r->sleepers, 1);
   pthread_mutex_lock(&r->mutex);
-  while (!((w = atomic_load(&r->word)) & W_DONE) && W_GEN(w) == gen)
-    pthread_cond_wait(&r->cond, &r->mutex);
+  while (!((w = atomic_load(&r->word)) & W_DONE) && W_GEN(w) == gen) {
+    if (deadline == SA_NO_DEADLINE)
+      pthread_cond_wait(&r->cond, &r->mutex);
+    else if (pthread_cond_timedwait(&r->cond, &r->mutex, &at) == ETIMEDOUT &&
+             !((w = atomic_load(&r->word)) & W_DONE) && W_GEN(w) == gen) {
+      done = false;
+      break;
+    }
+  }
   pthread_mutex_unlock(&r->mutex);
   atomic_fetch_sub(&r->sleepers, 1);
+  return done;
 }
 
-int sa_future_wait(sa_future_t future, void **value) {
-  struct sa_thread *t = &sa_self;
+/* sa_future_wait with a deadline [SA-FUT-3..5, SA-DL-3]. */
+static int wait_for(struct sa_thread *t, sa_future_t future, uint64_t deadline,
+                    void **value) {
   uint64_t w;
   if (future.id == 0)
     return SA_EINVAL;
@@ -1041,16 +1475,21 @@ int sa_future_wait(sa_future_t future, void **value) {
     return SA_ESTALE;
   if (w & W_DONE)
     return result_of(r, future, value);
-  struct sa_ctx *ctx = r->call.ctx;
-  if (r->call.owner != t ||
-      atomic_load_explicit(&ctx->running, memory_order_relaxed)) {
-    if (r->call.owner == t && in_scope(t, ctx))
+  struct sa_ctx *ctx = call_ctx(&r->call);
+  bool mine = call_owner(&r->call) == t;
+  if (!mine || atomic_load_explicit(&ctx->running, memory_order_relaxed)) {
+    if (mine && in_scope(t, ctx))
       return SA_EDEADLK; /* only this thread could deliver it */
-    sleep_until_done(r, (uint32_t)(future.id >> 32));
+    if (!sleep_until_done(r, (uint32_t)(future.id >> 32), deadline)) {
+      request(r, future, MSG_TIMEOUT);
+      return SA_ETIMEDOUT;
+    }
     return result_of(r, future, value);
   }
-  int err = scope_push(t, ctx);
-  if (err)
+  int err = 0;
+  if (deadline != SA_NO_DEADLINE && (err = deadline_arm(r, deadline)) != 0)
+    return err;
+  if ((err = scope_push(t, ctx)) != 0)
     return err;
   ctx->waiting++;
   while (!(atomic_load_explicit(&r->word, memory_order_acquire) & W_DONE)) {
@@ -1065,6 +1504,14 @@ int sa_future_wait(sa_future_t future, void **value) {
   return err ? err : result_of(r, future, value);
 }
 
+int sa_future_wait(sa_future_t future, void **value) {
+  return wait_for(&sa_self, future, SA_NO_DEADLINE, value);
+}
+
+int sa_future_wait_until(sa_future_t future, uint64_t deadline, void **value) {
+  return wait_for(&sa_self, future, deadline, value);
+}
+
 int sa_future_cancel(sa_future_t future) {
   uint64_t w;
   if (future.id == 0)
@@ -1072,9 +1519,11 @@ int sa_future_cancel(sa_future_t future) {
   struct sa_future_rec *r = lookup(future, &w);
   if (!r)
     return SA_ESTALE;
-  if (r->call.owner != &sa_self)
-    return SA_EPERM;
-  if (r->call.flags & CALL_COMPLETED)
+  if (w & W_DONE)
+    return 0; /* delivered (or timed out) already */
+  if (call_owner(&r->call) != &sa_self)
+    return request(r, future, MSG_CANCEL); /* [SA-CAN-1] */
+  if (r->call.flags & (CALL_COMPLETED | CALL_TIMED_OUT))
     return 0;
   if (!r->call.op->cancel)
     return SA_ENOTSUP;
@@ -1093,14 +1542,479 @@ int sa_future_release(sa_future_t future) {
   do {
     if (W_GEN(w) != (uint32_t)(future.id >> 32) || (w & (W_RELEASED | W_FREE)))
       return SA_ESTALE;
-    /* Delivered and no continuation queued: free now. Otherwise the loop
-     * frees it when it gets there. */
-    next = (w & W_DONE) && !(w & W_QUEUED) ? W_NEXT_GEN_FREE(w) : w | W_RELEASED;
+    /* Delivered, no continuation queued, no op holding it: free now.
+     * Otherwise whoever lets go last frees it. */
+    next = (w & W_DONE) && !(w & (W_QUEUED | W_HELD)) ? W_NEXT_GEN_FREE(w) : w | W_RELEASED;
   } while (!atomic_compare_exchange_weak(&r->word, &w, next));
   SA_HAPPENS_AFTER(&r->word);
   if (next & W_FREE)
     rec_recycle(r);
   return 0;
+}
+
+/* ---- batches [SA-BAT-*] ------------------------------------------------- */
+
+/* A batch is itself an op: its start function starts every item as an async
+ * call on the loop it runs on, so in sync mode the items overlap on the
+ * private loop that the sync call drives. */
+struct batch_slot {
+  struct batch *batch;
+  sa_future_t future; /* null once the item's result is in, or dropped */
+};
+
+struct batch {
+  sa_call_t *call;
+  sa_batch_item_t *items;
+  size_t n;
+  size_t left; /* SA_BATCH_ALL: items still pending */
+  sa_batch_kind_t kind;
+  sa_batch_item_t *decider; /* the batch's value */
+  unsigned cancelling;      /* inside batch_cancel, which frees it */
+  bool finished;
+  struct batch_slot slots[];
+};
+
+struct batch_request {
+  sa_batch_item_t *items;
+  size_t n;
+  sa_batch_kind_t kind;
+};
+
+static void batch_finish(struct batch *b, int status) {
+  b->finished = true;
+  sa_complete(b->call, status, b->decider);
+  if (!b->cancelling)
+    free(b);
+}
+
+/* Item `i` has its result. */
+static void batch_settle(struct batch *b, size_t i, int status, void *value) {
+  sa_batch_item_t *item = &b->items[i];
+  item->status = status;
+  item->value = value;
+  if (b->kind == SA_BATCH_ALL) {
+    if (status < 0 && (!b->decider || item < b->decider))
+      b->decider = item; /* the first error in the items' order */
+    if (--b->left == 0)
+      batch_finish(b, b->decider ? b->decider->status : 0);
+    return;
+  }
+  /* The first to finish wins; stop the others and drop their results. */
+  b->decider = item;
+  for (size_t j = 0; j < b->n; j++) {
+    sa_future_t f = b->slots[j].future;
+    if (f.id == 0)
+      continue;
+    b->slots[j].future.id = 0; /* a delivery inside the cancel is ignored */
+    b->items[j].status = SA_ECANCELED;
+    sa_future_cancel(f);
+    sa_future_release(f);
+  }
+  batch_finish(b, status);
+}
+
+static void batch_continuation(sa_future_t future, int status, void *value, void *data) {
+  struct batch_slot *slot = data;
+  if (slot->future.id != future.id)
+    return; /* a loser delivering while the winner cancels it */
+  slot->future.id = 0;
+  sa_future_release(future);
+  batch_settle(slot->batch, (size_t)(slot - slot->batch->slots), status, value);
+}
+
+static void batch_start(sa_call_t *call, uv_loop_t *loop, void *arg) {
+  const struct batch_request *req = arg;
+  (void)loop;
+  if (req->n == 0) {
+    sa_complete(call, 0, NULL);
+    return;
+  }
+  struct batch *b = malloc(sizeof *b + req->n * sizeof b->slots[0]);
+  if (!b) {
+    sa_complete(call, SA_ENOMEM, NULL);
+    return;
+  }
+  *b = (struct batch){.call = call, .items = req->items, .n = req->n, .left = req->n,
+                      .kind = req->kind};
+  call->arg = b; /* what the cancel hook gets */
+  for (size_t i = 0; i < req->n; i++) {
+    b->slots[i] = (struct batch_slot){b, SA_FUTURE_NULL};
+    req->items[i].status = SA_PENDING;
+    req->items[i].value = NULL;
+  }
+  /* Start them all. No continuation runs before this function returns
+   * [SA-ASYNC-3], so `b` stays whole meanwhile. */
+  for (size_t i = 0; i < req->n; i++) {
+    sa_batch_item_t *item = &req->items[i];
+    sa_future_t *f = &b->slots[i].future;
+    int rc = sa_dispatch(item->op, item->arg, SA_MODE_ASYNC, NULL, f);
+    if (rc == SA_PENDING && (rc = sa_future_then(*f, batch_continuation, &b->slots[i])) != 0)
+      sa_future_release(*f);
+    if (rc != 0) {
+      f->id = 0;
+      item->status = rc;
+    }
+  }
+  /* An item that could not start has finished, with its error. */
+  for (size_t i = 0; i < req->n; i++) {
+    if (b->slots[i].future.id != 0 || req->items[i].status == SA_PENDING)
+      continue;
+    bool ends = b->kind == SA_BATCH_FIRST || b->left == 1;
+    batch_settle(b, i, req->items[i].status, NULL);
+    if (ends)
+      return; /* `b` is gone */
+  }
+}
+
+static void batch_cancel(sa_call_t *call, uv_loop_t *loop, void *arg) {
+  struct batch *b = arg;
+  (void)call;
+  (void)loop;
+  b->cancelling++;
+  for (size_t i = 0; i < b->n && !b->finished; i++)
+    if (b->slots[i].future.id != 0)
+      sa_future_cancel(b->slots[i].future);
+  if (--b->cancelling == 0 && b->finished)
+    free(b);
+}
+
+static const sa_op_t batch_op = {batch_start, batch_cancel};
+
+int sa_batch(sa_batch_item_t *items, size_t n, sa_batch_kind_t kind, sa_mode_t mode,
+             void **value, sa_future_t *future) {
+  if ((!items && n) || (kind != SA_BATCH_ALL && kind != SA_BATCH_FIRST) ||
+      (kind == SA_BATCH_FIRST && n == 0) || n > SIZE_MAX / 2 / sizeof(struct batch_slot))
+    return SA_EINVAL;
+  for (size_t i = 0; i < n; i++)
+    if (!items[i].op || !items[i].op->start)
+      return SA_EINVAL;
+  struct batch_request req = {items, n, kind};
+  return sa_dispatch(&batch_op, &req, mode, value, future);
+}
+
+/* ---- home loops [SA-HOME-*] --------------------------------------------- */
+
+/* A caller's call on a home loop. The caller's side is an async call of
+ * home_op (a record on the caller's loop); its start function posts this
+ * job to the home loop, which runs the real op there as an async call of
+ * its own and posts the result back. Ownership follows the message: the
+ * home loop until it replies, then the caller's loop, which frees it. */
+struct home_job {
+  struct sa_msg msg; /* MSG_HOME_CALL, then MSG_RESULT; target: the caller's call */
+  const sa_op_t *op;
+  void *arg;
+  struct sa_ctx *home_ctx; /* fixed at creation: read by the caller's cancel hook */
+  uint64_t home_ctx_id;
+  struct sa_ctx *reply_ctx;
+  uint64_t reply_ctx_id;
+  int status; /* the result */
+  void *value;
+  sa_future_t inner; /* the call on the home loop, while in flight */
+  bool cancel_sent;
+  struct home_job *prev, *next; /* in flight on the home loop */
+};
+
+struct sa_home {
+  pthread_t thread;
+  uv_loop_t loop;
+  struct sa_ctx *ctx; /* set before sa_home_start returns */
+  uint64_t ctx_id;
+  bool stopping; /* under ctx->inbox_mutex */
+  struct home_job *inflight;
+  /* start-up hand-shake */
+  pthread_mutex_t mutex;
+  pthread_cond_t cond;
+  bool started;
+  int start_err;
+};
+
+static bool home_stopping(struct sa_ctx *ctx) {
+  pthread_mutex_lock(&ctx->inbox_mutex);
+  bool stopping = ctx->home->stopping;
+  pthread_mutex_unlock(&ctx->inbox_mutex);
+  return stopping;
+}
+
+/* On the home thread: send the result back. The job is the caller's now. */
+static void home_reply(struct home_job *job, int status, void *value) {
+  job->status = status;
+  job->value = value;
+  job->msg.kind = MSG_RESULT;
+  if (post(job->reply_ctx, job->reply_ctx_id, &job->msg) != 0)
+    free(job); /* the caller's loop is gone, and its call with it */
+}
+
+static void home_unlink(struct sa_home *h, struct home_job *job) {
+  if (job->prev)
+    job->prev->next = job->next;
+  else
+    h->inflight = job->next;
+  if (job->next)
+    job->next->prev = job->prev;
+}
+
+static void home_call_done(sa_future_t inner, int status, void *value, void *data) {
+  struct home_job *job = data;
+  home_unlink(job->home_ctx->home, job);
+  sa_future_release(inner);
+  home_reply(job, status, value);
+}
+
+/* On the home thread, in async context on the home loop. */
+static void home_call_start(struct sa_thread *t, struct sa_ctx *ctx, struct home_job *job) {
+  struct sa_home *h = ctx->home;
+  int rc = run_async(t, ctx, job->op, job->arg, &job->inner);
+  if (rc == SA_PENDING && (rc = sa_future_then(job->inner, home_call_done, job)) != 0)
+    sa_future_release(job->inner);
+  if (rc != 0) {
+    home_reply(job, rc, NULL);
+    return;
+  }
+  job->cancel_sent = false;
+  job->prev = NULL;
+  job->next = h->inflight;
+  if (h->inflight)
+    h->inflight->prev = job;
+  h->inflight = job;
+}
+
+static void home_call_cancel(struct sa_ctx *ctx, sa_future_t caller) {
+  for (struct home_job *job = ctx->home->inflight; job; job = job->next) {
+    if (job->msg.target.id == caller.id) {
+      sa_future_cancel(job->inner);
+      return;
+    }
+  }
+}
+
+/* sa_home_stop was called: give every call in flight its cancel hook; the
+ * loop then stops and home_main settles what is left. */
+static void home_begin_stop(struct sa_ctx *ctx) {
+  struct sa_home *h = ctx->home;
+  struct home_job *job;
+  do { /* a cancel may finish any number of jobs: look again each time */
+    for (job = h->inflight; job && job->cancel_sent; job = job->next)
+      ;
+    if (job) {
+      job->cancel_sent = true;
+      sa_future_cancel(job->inner);
+    }
+  } while (job);
+  uv_stop(ctx->loop);
+}
+
+/* The caller's side: post the job, or settle at once if the home is gone. */
+struct home_request {
+  struct sa_home *home;
+  const sa_op_t *op;
+  void *arg;
+};
+
+static void home_op_start(sa_call_t *call, uv_loop_t *loop, void *arg) {
+  const struct home_request *req = arg;
+  struct sa_future_rec *r = (struct sa_future_rec *)call;
+  struct sa_ctx *ctx = call_ctx(call);
+  (void)loop;
+  struct home_job *job = malloc(sizeof *job);
+  if (!job) {
+    sa_complete(call, SA_ENOMEM, NULL);
+    return;
+  }
+  job->msg.kind = MSG_HOME_CALL;
+  job->msg.target = handle_of(r, atomic_load_explicit(&r->word, memory_order_relaxed));
+  job->op = req->op;
+  job->arg = req->arg;
+  job->home_ctx = req->home->ctx;
+  job->home_ctx_id = req->home->ctx_id;
+  job->reply_ctx = ctx;
+  job->reply_ctx_id = atomic_load_explicit(&r->ctx_id, memory_order_relaxed);
+  call->arg = job; /* what the cancel hook gets */
+  if (post(job->home_ctx, job->home_ctx_id, &job->msg) != 0) {
+    free(job);
+    sa_complete(call, SA_ECANCELED, NULL); /* stopped [SA-HOME-4] */
+    return;
+  }
+  remote_add(ctx);
+}
+
+/* Only while the caller's call is pending, so the job is alive; it reads
+ * only fields fixed before the job was posted. */
+static void home_op_cancel(sa_call_t *call, uv_loop_t *loop, void *arg) {
+  const struct home_job *job = arg;
+  (void)call;
+  (void)loop;
+  struct sa_msg *m = malloc(sizeof *m);
+  if (!m)
+    return;
+  m->kind = MSG_HOME_CANCEL;
+  m->target = job->msg.target;
+  if (post(job->home_ctx, job->home_ctx_id, m) != 0)
+    free(m); /* stopping: the call gets SA_ECANCELED anyway */
+}
+
+static const sa_op_t home_op = {home_op_start, home_op_cancel};
+
+static void home_started(struct sa_home *h, int err) {
+  pthread_mutex_lock(&h->mutex);
+  h->started = true;
+  h->start_err = err;
+  pthread_cond_signal(&h->cond);
+  pthread_mutex_unlock(&h->mutex);
+}
+
+static void *home_main(void *arg) {
+  struct sa_home *h = arg;
+  struct sa_thread *t = &sa_self;
+  int err = uv_loop_init(&h->loop);
+  if (err) {
+    home_started(h, err);
+    return NULL;
+  }
+  if ((err = sa_enter(&h->loop)) == 0) {
+    struct sa_ctx *ctx = top_ctx(t);
+    if ((err = wakeup_init(ctx)) == 0) {
+      ctx->home = h;
+      uv_ref((uv_handle_t *)&ctx->wakeup); /* the loop runs until stopped */
+      h->ctx = ctx;
+      h->ctx_id = atomic_load(&ctx->id);
+    }
+  }
+  home_started(h, err);
+  if (err) {
+    if (t->depth)
+      sa_leave(&h->loop);
+    sa_loop_close(&h->loop);
+    return NULL;
+  }
+  while (!home_stopping(h->ctx)) /* an op may have stopped the loop */
+    uv_run(&h->loop, UV_RUN_DEFAULT);
+  sa_leave(&h->loop);
+  /* Stopping. Nothing new gets in once the id is retired; whatever did is
+   * answered with SA_ECANCELED, exactly once [SA-HOME-4]. */
+  struct sa_msg *m = take_inbox(h->ctx, true);
+  while (m) {
+    struct sa_msg *next = m->next;
+    drop_msg(m);
+    m = next;
+  }
+  struct home_job *job;
+  while ((job = h->inflight) != NULL) {
+    /* A result the op produced but the loop had no time to deliver stands. */
+    uint64_t w;
+    struct sa_future_rec *r = lookup(job->inner, &w);
+    bool done = r && (r->call.flags & CALL_COMPLETED) && !(r->call.flags & CALL_TIMED_OUT);
+    int status = done ? r->call.status : SA_ECANCELED;
+    void *value = done ? r->call.value : NULL;
+    home_unlink(h, job);
+    sa_future_release(job->inner);
+    home_reply(job, status, value); /* the job is the caller's now */
+  }
+  loop_teardown(h->ctx);
+  ctx_unregister(h->ctx);
+  ctx_to_spares(h->ctx);
+  sa_thread_cleanup();
+  return NULL;
+}
+
+int sa_home_start(sa_home_t **home) {
+  if (!home)
+    return SA_EINVAL;
+  *home = NULL;
+  struct sa_home *h = calloc(1, sizeof *h);
+  if (!h)
+    return SA_ENOMEM;
+  pthread_mutex_init(&h->mutex, NULL);
+  pthread_cond_init(&h->cond, NULL);
+  int err = -pthread_create(&h->thread, NULL, home_main, h);
+  if (err == 0) {
+    pthread_mutex_lock(&h->mutex);
+    while (!h->started)
+      pthread_cond_wait(&h->cond, &h->mutex);
+    pthread_mutex_unlock(&h->mutex);
+    if ((err = h->start_err) != 0)
+      pthread_join(h->thread, NULL);
+  }
+  if (err) {
+    pthread_cond_destroy(&h->cond);
+    pthread_mutex_destroy(&h->mutex);
+    free(h);
+    return err;
+  }
+  *home = h;
+  return 0;
+}
+
+int sa_home_call(sa_home_t *home, const sa_op_t *op, void *arg, sa_mode_t mode,
+                 void **value, sa_future_t *future) {
+  if (!home || !op || !op->start || (unsigned)mode > SA_MODE_ASYNC ||
+      (!future && mode != SA_MODE_SYNC))
+    return SA_EINVAL;
+  /* The home thread blocking on its own loop would never be answered. */
+  if (runs_sync(&sa_self, mode) && pthread_equal(pthread_self(), home->thread)) {
+    if (future)
+      future->id = 0;
+    return SA_EDEADLK;
+  }
+  struct home_request req = {home, op, arg};
+  return dispatch_record(&home_op, &req, mode, SA_NO_DEADLINE, value, future);
+}
+
+int sa_home_stop(sa_home_t *home) {
+  if (!home)
+    return SA_EINVAL;
+  if (pthread_equal(pthread_self(), home->thread))
+    return SA_EDEADLK;
+  struct sa_ctx *ctx = home->ctx;
+  pthread_mutex_lock(&ctx->inbox_mutex);
+  home->stopping = true;
+  uv_async_send(&ctx->wakeup);
+  pthread_mutex_unlock(&ctx->inbox_mutex);
+  pthread_join(home->thread, NULL);
+  pthread_cond_destroy(&home->cond);
+  pthread_mutex_destroy(&home->mutex);
+  free(home);
+  return 0;
+}
+
+/* ---- messages: what the receiving loop's thread does -------------------- */
+
+static void handle_msg(struct sa_thread *t, struct sa_ctx *ctx, struct sa_msg *m) {
+  struct sa_future_rec *r;
+  switch (m->kind) {
+  case MSG_CANCEL:
+  case MSG_TIMEOUT:
+    if ((r = local_call(t, ctx, m->target)) != NULL) {
+      if (m->kind == MSG_CANCEL)
+        cancel_here(r);
+      else
+        time_out(r);
+    }
+    free(m);
+    return;
+  case MSG_RESULT: {
+    struct home_job *job = (struct home_job *)m;
+    remote_done(ctx);
+    if ((r = local_call(t, ctx, m->target)) != NULL)
+      sa_complete(&r->call, job->status, job->value);
+    free(job);
+    return;
+  }
+  case MSG_HOME_CALL:
+    home_call_start(t, ctx, (struct home_job *)m);
+    return;
+  case MSG_HOME_CANCEL:
+    home_call_cancel(ctx, m->target);
+    free(m);
+    return;
+  }
+}
+
+/* A message whose loop is going away. */
+static void drop_msg(struct sa_msg *m) {
+  if (m->kind == MSG_HOME_CALL)
+    home_reply((struct home_job *)m, SA_ECANCELED, NULL); /* [SA-HOME-4] */
+  else
+    free(m);
 }
 
 const char *sa_strerror(int code) {
@@ -1117,6 +2031,7 @@ const char *sa_strerror(int code) {
   case SA_EPERM: return "not allowed from this thread";
   case SA_ENOTSUP: return "operation cannot be cancelled";
   case SA_ECANCELED: return "cancelled";
+  case SA_ETIMEDOUT: return "the deadline passed first";
   default: return code < 0 ? uv_strerror(code) : "unknown code";
   }
 }
