@@ -160,7 +160,9 @@ Test(SA_BAT_2, forced_async_batch_from_sync_context_is_waited_for) {
 }
 
 /* SA-BAT-3: the first to finish wins; the others are cancelled. */
-static const unsigned one_quick[N] = {60000, 60000, 5, 60000, 60000};
+/* LONG_MS outlasts the quick item by far; only cancellation ends it soon. */
+#define LONG_MS 2000
+static const unsigned one_quick[N] = {LONG_MS, LONG_MS, 5, LONG_MS, LONG_MS};
 static const int quick_fails[N] = {0, 0, -5, 0, 0};
 
 static void check_first(const struct batch_case *c, int rc, void *value) {
@@ -178,7 +180,7 @@ static void check_first(const struct batch_case *c, int rc, void *value) {
   cr_assert_eq(c->flight.max, N, "SA-BAT-3: only %d calls overlapped", c->flight.max);
 }
 
-Test(SA_BAT_3, sync_first_finished_cancels_the_others) {
+Test(SA_BAT_3, sync_first_finished_cancels_the_others, .timeout = 8) {
   struct batch_case c;
   batch_case_init(&c, one_quick, quick_fails);
   void *value = NULL;
@@ -188,7 +190,7 @@ Test(SA_BAT_3, sync_first_finished_cancels_the_others) {
   cr_assert_eq(sa_thread_cleanup(), 0);
 }
 
-Test(SA_BAT_3, async_first_finished_cancels_the_others) {
+Test(SA_BAT_3, async_first_finished_cancels_the_others, .timeout = 8) {
   struct async_batch a = {.kind = SA_BATCH_FIRST};
   batch_case_init(&a.c, one_quick, quick_fails);
   sa_test_in_loop(async_batch_in_loop, &a);
@@ -198,9 +200,9 @@ Test(SA_BAT_3, async_first_finished_cancels_the_others) {
 }
 
 /* Cancelling a batch cancels what is still running in it. */
-Test(SA_BAT_3, cancelling_a_batch_cancels_its_calls) {
+Test(SA_BAT_3, cancelling_a_batch_cancels_its_calls, .timeout = 8) {
   struct batch_case c;
-  static const unsigned slow[N] = {60000, 60000, 60000, 60000, 60000};
+  static const unsigned slow[N] = {LONG_MS, LONG_MS, LONG_MS, LONG_MS, LONG_MS};
   batch_case_init(&c, slow, all_ok);
   sa_future_t f;
   cr_assert_eq(sa_batch(c.items, N, SA_BATCH_ALL, SA_MODE_ASYNC, NULL, &f), SA_PENDING);

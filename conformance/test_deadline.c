@@ -5,15 +5,18 @@
 
 static int marker;
 
-/* A call that would take a minute: only its cancel hook (if any) ends it. */
-#define MINUTE_MS 60000
+/* A call that outlasts every deadline below by far: only its cancel hook
+ * ends it in time. */
+#define LONG_OP_MS 3000
+/* A deadline no call here reaches. */
+#define FAR_MS 60000
 
 Test(SA_DL_1, sync_call_that_finishes_first_returns_its_result) {
   for (int i = 0; i < 3; i++) {
     struct value_req req = {.when = sa_test_whens[i], .status = -7, .value = &marker};
     void *value = NULL;
     sa_future_t f;
-    int rc = sa_dispatch_until(&value_op, &req, SA_MODE_AUTO, sa_deadline_in(MINUTE_MS),
+    int rc = sa_dispatch_until(&value_op, &req, SA_MODE_AUTO, sa_deadline_in(FAR_MS),
                                &value, &f);
     cr_assert_eq(rc, -7, "SA-DL-1 (%s): status %d", sa_test_when_name(sa_test_whens[i]), rc);
     cr_assert_eq(value, &marker, "SA-DL-1: value lost");
@@ -25,7 +28,7 @@ Test(SA_DL_1, sync_call_that_finishes_first_returns_its_result) {
 }
 
 Test(SA_DL_1, sync_call_times_out_no_earlier_than_the_deadline) {
-  struct value_req req = {.when = SA_TEST_LATER, .delay_ms = MINUTE_MS, .value = &marker};
+  struct value_req req = {.when = SA_TEST_LATER, .delay_ms = LONG_OP_MS, .value = &marker};
   void *value = &req;
   uint64_t start = uv_hrtime();
   uint64_t deadline = sa_deadline_in(30);
@@ -58,7 +61,7 @@ static void forced_sync_in_loop(uv_loop_t *loop, void *data) {
 }
 
 Test(SA_DL_1, forced_sync_call_in_async_context_times_out) {
-  struct nested n = {.req = {.when = SA_TEST_LATER, .delay_ms = MINUTE_MS}};
+  struct nested n = {.req = {.when = SA_TEST_LATER, .delay_ms = LONG_OP_MS}};
   sa_test_in_loop(forced_sync_in_loop, &n);
   cr_assert_eq(n.rc, SA_ETIMEDOUT, "SA-DL-1: forced sync call in a loop returned %d", n.rc);
   cr_assert_eq(n.req.cancels, 1, "SA-DL-1: cancel hook ran %d times", n.req.cancels);
@@ -108,7 +111,7 @@ static void async_deadline_in_loop(uv_loop_t *loop, void *data) {
 }
 
 Test(SA_DL_3, async_call_gets_a_time_out_through_its_future_once) {
-  struct async_dl a = {.req = {.when = SA_TEST_LATER, .delay_ms = MINUTE_MS}, .timeout_ms = 20};
+  struct async_dl a = {.req = {.when = SA_TEST_LATER, .delay_ms = LONG_OP_MS}, .timeout_ms = 20};
   sa_test_in_loop(async_deadline_in_loop, &a);
   cr_assert_eq(a.rc, SA_PENDING, "SA-DL-3: async call returned %d", a.rc);
   cr_assert_eq(a.delivered_before_return, 0, "SA-DL-3: delivered inside the call");
@@ -122,7 +125,7 @@ Test(SA_DL_3, async_call_gets_a_time_out_through_its_future_once) {
 Test(SA_DL_3, async_call_that_finishes_first_delivers_its_result) {
   for (int i = 0; i < 3; i++) {
     struct async_dl a = {.req = {.when = sa_test_whens[i], .status = -3, .value = &marker},
-                         .timeout_ms = MINUTE_MS};
+                         .timeout_ms = FAR_MS};
     sa_test_in_loop(async_deadline_in_loop, &a);
     cr_assert_eq(a.cont.calls, 1, "SA-DL-3: %d deliveries", a.cont.calls);
     cr_assert_eq(a.cont.status, -3, "SA-DL-3 (%s): delivered %d",
@@ -133,7 +136,7 @@ Test(SA_DL_3, async_call_that_finishes_first_delivers_its_result) {
 }
 
 Test(SA_DL_3, wait_until_times_the_call_out) {
-  struct value_req req = {.when = SA_TEST_LATER, .delay_ms = MINUTE_MS};
+  struct value_req req = {.when = SA_TEST_LATER, .delay_ms = LONG_OP_MS};
   sa_future_t f;
   cr_assert_eq(sa_dispatch(&value_op, &req, SA_MODE_ASYNC, NULL, &f), SA_PENDING);
   uint64_t deadline = sa_deadline_in(20);
@@ -147,7 +150,7 @@ Test(SA_DL_3, wait_until_times_the_call_out) {
 
   struct value_req quick = {.when = SA_TEST_LATER, .delay_ms = 2, .status = -6};
   cr_assert_eq(sa_dispatch(&value_op, &quick, SA_MODE_ASYNC, NULL, &f), SA_PENDING);
-  rc = sa_future_wait_until(f, sa_deadline_in(MINUTE_MS), NULL);
+  rc = sa_future_wait_until(f, sa_deadline_in(FAR_MS), NULL);
   cr_assert_eq(rc, -6, "SA-DL-3: a wait that the result beat returned %d", rc);
   cr_assert_eq(quick.cancels, 0, "SA-DL-3: cancel hook ran for a call that finished");
   cr_assert_eq(sa_future_release(f), 0);
@@ -170,7 +173,7 @@ static void *wait_from_other_thread(void *arg) {
 }
 
 Test(SA_DL_3, wait_until_from_another_thread_times_the_call_out) {
-  struct value_req req = {.when = SA_TEST_LATER, .delay_ms = MINUTE_MS};
+  struct value_req req = {.when = SA_TEST_LATER, .delay_ms = LONG_OP_MS};
   struct foreign_wait fw = {.deadline = sa_deadline_in(20)};
   cr_assert_eq(sa_dispatch(&value_op, &req, SA_MODE_ASYNC, NULL, &fw.f), SA_PENDING);
   pthread_t thread;

@@ -324,7 +324,7 @@ static void stop_in_loop(uv_loop_t *loop, void *data) {
   s->stop_rc = sa_home_stop(s->home);
 }
 
-Test(SA_HOME_4, stop_answers_queued_and_running_calls_once, .timeout = 20) {
+Test(SA_HOME_4, stop_answers_queued_and_running_calls_once, .timeout = 10) {
   int fds = sa_test_count_fds();
   struct stop_case s = {.home = start_home(),
                         .in_flight = {.when = SA_TEST_LATER, .delay_ms = 60000}};
@@ -370,7 +370,7 @@ static void *parked_main(void *arg) {
   return NULL;
 }
 
-Test(SA_HOME_4, stop_releases_a_blocked_sync_caller, .timeout = 20) {
+Test(SA_HOME_4, stop_releases_a_blocked_sync_caller, .timeout = 10) {
   sem_t started;
   sem_init(&started, 0, 0);
   struct parked_caller p = {.home = start_home(), .parked = {.started = &started}};
