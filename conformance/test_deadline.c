@@ -47,6 +47,53 @@ Test(SA_DL_1, sync_call_times_out_no_earlier_than_the_deadline) {
   cr_assert_str_neq(sa_strerror(SA_ETIMEDOUT), "", "SA-DL-1: no description");
 }
 
+/* An op whose cancel hook finishes asynchronously: it closes its timer and
+ * completes from the close callback, as real ops do with their handles. */
+struct closing {
+  uv_timer_t timer;
+  sa_call_t *call;
+  int hooks, completions;
+};
+
+static void closing_closed(uv_handle_t *handle) {
+  struct closing *c = handle->data;
+  c->completions++;
+  sa_complete(c->call, SA_ECANCELED, NULL);
+}
+
+static void closing_fire(uv_timer_t *timer) {
+  uv_close((uv_handle_t *)timer, closing_closed);
+}
+
+static void closing_start(sa_call_t *call, uv_loop_t *loop, void *arg) {
+  struct closing *c = arg;
+  c->call = call;
+  cr_assert_eq(uv_timer_init(loop, &c->timer), 0);
+  c->timer.data = c;
+  cr_assert_eq(uv_timer_start(&c->timer, closing_fire, LONG_OP_MS, 0), 0);
+}
+
+static void closing_cancel(sa_call_t *call, uv_loop_t *loop, void *arg) {
+  struct closing *c = arg;
+  (void)call;
+  (void)loop;
+  c->hooks++;
+  uv_close((uv_handle_t *)&c->timer, closing_closed);
+}
+
+static const sa_op_t closing_op = {closing_start, closing_cancel};
+
+Test(SA_DL_1, op_with_a_hook_is_done_when_the_time_out_returns) {
+  struct closing c = {0};
+  sa_future_t f;
+  int rc = sa_dispatch_until(&closing_op, &c, SA_MODE_AUTO, sa_deadline_in(10), NULL, &f);
+  cr_assert_eq(rc, SA_ETIMEDOUT, "SA-DL-1: returned %d", rc);
+  cr_assert_eq(c.hooks, 1, "SA-DL-1: cancel hook ran %d times", c.hooks);
+  cr_assert_eq(c.completions, 1,
+               "SA-DL-1: the time-out was returned before the op finished stopping: its "
+               "argument is still in use");
+}
+
 /* Forced sync in async context: the running loop is blocked, the deadline
  * still holds (the call runs on a nested private loop). */
 struct nested {

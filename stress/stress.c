@@ -13,8 +13,13 @@
  *   mixed    sync, forced-async batches and forced-sync calls mixed on each
  *            thread, with ops that dispatch nested ops
  *   churn    short-lived threads, each making its private loop and dying
- *   futures  futures waited, polled and released from other threads while
- *            their owner completes, cancels and delivers them
+ *   futures  futures waited (some with 1 ms deadlines), polled and released
+ *            from other threads while their owner completes, cancels and
+ *            delivers them
+ *   cancel   calls cancelled and timed out from other threads (and given
+ *            deadlines of 0-2 ms) while their loops complete them
+ *   home     sync, async and cancelled calls from every thread on one home,
+ *            which is stopped and restarted every 20 ms
  *   fork     fork() while other threads are mid-call; the child must work
  *
  * The seed fixes every random choice (way of completing, cancel or not);
@@ -141,8 +146,8 @@ static void job_init(struct job *job, unsigned *rng, long tag) {
 
 /* Check a delivered result against the job. */
 static void check_result(const struct job *job, int status, void *value, const char *what) {
-  if (status == SA_ECANCELED && value == NULL)
-    return; /* a cancel that won the race */
+  if ((status == SA_ECANCELED || status == SA_ETIMEDOUT) && value == NULL)
+    return; /* a cancel or a deadline that won the race */
   if (status != job_status(job->tag) || value != (void *)(intptr_t)job->tag)
     FAIL("%s: tag %ld got status %d value %p", what, job->tag, status, value);
 }
@@ -567,10 +572,15 @@ static void *taker_thread(void *arg) {
     pthread_mutex_unlock(&board.mutex);
     void *value = NULL;
     int rc;
-    switch (next_rand(&rng) % 3) {
+    switch (next_rand(&rng) % 4) {
     case 0: /* wait from another thread while the owner completes it */
       rc = sa_future_wait(p.future, &value);
       check_result(p.job, rc, value, "cross-thread wait");
+      break;
+    case 3: /* a wait that gives up and times the call out, or not */
+      rc = sa_future_wait_until(p.future, sa_deadline_in(1), &value);
+      if (rc != SA_ETIMEDOUT)
+        check_result(p.job, rc, value, "cross-thread wait_until");
       break;
     case 1: /* poll, then release whatever the state */
       rc = sa_future_status(p.future, &value);
@@ -604,6 +614,214 @@ static void scenario_futures(void) {
     owner_check(&o[i]);
   free(o);
   free(t);
+}
+
+/* ---- scenario: cancel --------------------------------------------------- */
+
+/* Owners run loops and start calls, some with deadlines of 0-2 ms that race
+ * their completion; cancellers on other threads cancel those futures by
+ * handle (often stale by then) while they complete. Every call must end
+ * exactly once: one completion, one delivery. */
+#define RING 256
+
+static struct {
+  pthread_mutex_t mutex;
+  sa_future_t handles[RING];
+  unsigned next;
+  atomic_int owners_left;
+} ring = {PTHREAD_MUTEX_INITIALIZER, {{0}}, 0, 0};
+
+struct raced_job {
+  struct job job;
+  atomic_int deliveries;
+  struct raced_job *next;
+};
+
+struct racer {
+  int index;
+  unsigned rng;
+  long tag;
+  uv_timer_t tick;
+  struct raced_job *jobs;
+};
+
+static void raced_delivered(sa_future_t f, int status, void *value, void *data) {
+  struct raced_job *rj = data;
+  check_result(&rj->job, status, value, "raced delivery");
+  if (atomic_fetch_add(&rj->deliveries, 1) != 0)
+    FAIL("tag %ld delivered twice", rj->job.tag);
+  if (atomic_load(&rj->job.completions) != 1)
+    FAIL("tag %ld delivered before its op let go of it", rj->job.tag);
+  atomic_fetch_add(&calls_ok, 1);
+  sa_future_release(f);
+}
+
+static void racer_tick(uv_timer_t *timer) {
+  struct racer *o = timer->data;
+  if (!time_left()) {
+    uv_close((uv_handle_t *)timer, NULL);
+    return;
+  }
+  for (int i = 0; i < 8; i++) {
+    struct raced_job *rj = calloc(1, sizeof *rj);
+    sa_future_t f;
+    job_init(&rj->job, &o->rng, o->index * 100000000L + o->tag++);
+    rj->next = o->jobs;
+    o->jobs = rj;
+    atomic_fetch_add(&calls_started, 1);
+    unsigned choice = next_rand(&o->rng) % 4;
+    int rc = choice == 0 ? sa_dispatch_until(&job_op, &rj->job, SA_MODE_AUTO,
+                                             sa_deadline_in(next_rand(&o->rng) % 3), NULL, &f)
+                         : sa_dispatch(&job_op, &rj->job, SA_MODE_AUTO, NULL, &f);
+    if (rc != SA_PENDING || sa_future_then(f, raced_delivered, rj) != 0) {
+      FAIL("racer: async call failed: %d", rc);
+      continue;
+    }
+    if (choice == 1)
+      sa_future_cancel(f); /* on the loop's own thread */
+    pthread_mutex_lock(&ring.mutex);
+    ring.handles[ring.next++ % RING] = f;
+    pthread_mutex_unlock(&ring.mutex);
+  }
+}
+
+static void *racer_thread(void *arg) {
+  struct racer *o = arg;
+  o->rng = thread_seed(o->index);
+  int rc = run_ticking_loop(&o->tick, o, racer_tick, 1);
+  if (rc)
+    FAIL("racer %d: sa_loop_close: %s", o->index, sa_strerror(rc));
+  atomic_fetch_sub(&ring.owners_left, 1);
+  while (o->jobs) {
+    struct raced_job *rj = o->jobs;
+    o->jobs = rj->next;
+    if (atomic_load(&rj->job.completions) != 1 || atomic_load(&rj->deliveries) != 1)
+      FAIL("tag %ld: %d completions, %d deliveries", rj->job.tag,
+           atomic_load(&rj->job.completions), atomic_load(&rj->deliveries));
+    free(rj);
+  }
+  return NULL;
+}
+
+static void *canceller_thread(void *arg) {
+  unsigned rng = thread_seed((int)(intptr_t)arg);
+  while (atomic_load(&ring.owners_left) > 0) {
+    pthread_mutex_lock(&ring.mutex);
+    sa_future_t f = ring.handles[next_rand(&rng) % RING];
+    pthread_mutex_unlock(&ring.mutex);
+    if (f.id == 0)
+      continue;
+    /* The handle may be stale: only the word and atomics are read. */
+    int rc = sa_future_cancel(f);
+    if (rc != 0 && rc != SA_ESTALE)
+      FAIL("foreign cancel: %s", sa_strerror(rc));
+  }
+  return NULL;
+}
+
+static void scenario_cancel(void) {
+  int owners = opt.threads / 2 > 0 ? opt.threads / 2 : 1;
+  int cancellers = opt.threads - owners > 0 ? opt.threads - owners : 1;
+  struct racer *o = calloc((size_t)owners, sizeof *o);
+  pthread_t *t = calloc((size_t)(owners + cancellers), sizeof *t);
+  atomic_store(&ring.owners_left, owners);
+  for (int i = 0; i < owners; i++) {
+    o[i].index = i;
+    pthread_create(&t[i], NULL, racer_thread, &o[i]);
+  }
+  for (int i = 0; i < cancellers; i++)
+    pthread_create(&t[owners + i], NULL, canceller_thread, (void *)(intptr_t)(owners + i));
+  for (int i = 0; i < owners + cancellers; i++)
+    pthread_join(t[i], NULL);
+  free(o);
+  free(t);
+}
+
+/* ---- scenario: home ----------------------------------------------------- */
+
+/* One home shared by every thread: sync calls, waited futures and cancelled
+ * futures, while thread 0 stops the home and starts a new one every 20 ms.
+ * Every call ends once, with its result or SA_ECANCELED, and each result
+ * comes from an op that ran on the home thread. */
+static struct {
+  pthread_rwlock_t lock; /* readers call, the restarter swaps */
+  sa_home_t *home;
+  long restarts;
+} home_state = {PTHREAD_RWLOCK_INITIALIZER, NULL, 0};
+
+static void check_home_call(const struct job *job, int rc, void *value) {
+  if (rc == SA_ECANCELED && atomic_load(&job->completions) <= 1)
+    return; /* stopped with it, or cancelled */
+  if (rc != job_status(job->tag) || value != (void *)(intptr_t)job->tag ||
+      atomic_load(&job->completions) != 1)
+    FAIL("home call: tag %ld got %d %p, %d completions", job->tag, rc, value,
+         atomic_load(&job->completions));
+}
+
+static void *home_caller(void *arg) {
+  int index = (int)(intptr_t)arg;
+  unsigned rng = thread_seed(index);
+  long tag = index * 100000000L;
+  while (time_left()) {
+    struct job job;
+    void *value = NULL;
+    sa_future_t f;
+    job_init(&job, &rng, tag++);
+    atomic_fetch_add(&calls_started, 1);
+    unsigned how = next_rand(&rng) % 3;
+    pthread_rwlock_rdlock(&home_state.lock);
+    int rc = sa_home_call(home_state.home, &job_op, &job, how == 0 ? SA_MODE_AUTO : SA_MODE_ASYNC,
+                          &value, &f);
+    pthread_rwlock_unlock(&home_state.lock); /* a sync call (how 0) is answered by now */
+    if (how != 0) {
+      if (rc != SA_PENDING) {
+        FAIL("forced async home call returned %d", rc);
+        continue;
+      }
+      if (how == 2)
+        sa_future_cancel(f); /* races with the op on the home thread */
+      rc = sa_future_wait(f, &value);
+      sa_future_release(f);
+    }
+    check_home_call(&job, rc, value);
+    atomic_fetch_add(&calls_ok, 1);
+  }
+  sa_thread_cleanup();
+  return NULL;
+}
+
+static void *home_restarter(void *arg) {
+  (void)arg;
+  while (time_left()) {
+    struct timespec pause = {0, 20 * 1000 * 1000};
+    nanosleep(&pause, NULL);
+    pthread_rwlock_wrlock(&home_state.lock);
+    int rc = sa_home_stop(home_state.home);
+    if (rc == 0)
+      rc = sa_home_start(&home_state.home);
+    if (rc)
+      FAIL("home restart: %s", sa_strerror(rc));
+    home_state.restarts++;
+    pthread_rwlock_unlock(&home_state.lock);
+  }
+  return NULL;
+}
+
+static void scenario_home(void) {
+  if (sa_home_start(&home_state.home) != 0) {
+    FAIL("sa_home_start failed");
+    return;
+  }
+  pthread_t *t = calloc((size_t)opt.threads + 1, sizeof *t);
+  for (int i = 0; i < opt.threads; i++)
+    pthread_create(&t[i], NULL, home_caller, (void *)(intptr_t)i);
+  pthread_create(&t[opt.threads], NULL, home_restarter, NULL);
+  for (int i = 0; i <= opt.threads; i++)
+    pthread_join(t[i], NULL);
+  if (sa_home_stop(home_state.home) != 0)
+    FAIL("final sa_home_stop failed");
+  free(t);
+  printf("home: %ld restarts\n", home_state.restarts);
 }
 
 /* ---- scenario: fork ----------------------------------------------------- */
@@ -673,10 +891,12 @@ static const struct {
                  {"mixed", scenario_mixed},
                  {"churn", scenario_churn},
                  {"futures", scenario_futures},
+                 {"cancel", scenario_cancel},
+                 {"home", scenario_home},
                  {"fork", scenario_fork}};
 
 static int usage(void) {
-  fprintf(stderr, "usage: sa_stress shared|mixed|churn|futures|fork "
+  fprintf(stderr, "usage: sa_stress shared|mixed|churn|futures|cancel|home|fork "
                   "[-t THREADS] [-d MILLISECONDS] [-s SEED]\n");
   return 2;
 }

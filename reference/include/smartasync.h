@@ -163,16 +163,19 @@ uint64_t sa_deadline_in(uint64_t timeout_ms);
 
 /* sa_dispatch with a deadline on the call. If the op has not completed when
  * the deadline passes, the call's result is SA_ETIMEDOUT (returned in sync
- * mode, delivered through the future in async mode), then the op's cancel
- * hook runs so it can stop its work. The op still completes the call, and
- * its resources stay valid until it does; that completion is dropped. */
+ * mode, delivered through the future in async mode). An op with a cancel
+ * hook is asked to stop, and the result is given once it has completed: when
+ * the caller hears of the time-out, the op is done with `arg`. An op without
+ * a hook cannot be stopped: the result is given at the deadline, the op runs
+ * on (its `arg` must stay valid until it completes) and its completion is
+ * dropped. */
 int sa_dispatch_until(const sa_op_t *op, void *arg, sa_mode_t mode, uint64_t deadline,
                       void **value, sa_future_t *future);
 
 /* sa_future_wait that gives up at `deadline`: the call then times out as if
- * it had that deadline (SA_ETIMEDOUT, cancel hook), unless it completed
- * first. From a thread other than the call's, the wait returns SA_ETIMEDOUT
- * at the deadline and the call times out when its loop next runs. */
+ * it had that deadline, unless it completed first. From a thread other than
+ * the call's, the wait returns SA_ETIMEDOUT at the deadline and the call
+ * times out when its loop next runs. */
 int sa_future_wait_until(sa_future_t future, uint64_t deadline, void **value);
 
 /* ---- batches [SA-BAT-*] ------------------------------------------------ */

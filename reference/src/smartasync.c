@@ -142,7 +142,8 @@ struct sa_ctx {
                              Clear while op->start runs: the dispatcher looks
                              when it returns. */
 #define CALL_COMPLETED 4u /* sa_complete was called */
-#define CALL_TIMED_OUT 8u /* the deadline passed first: SA_ETIMEDOUT delivered */
+#define CALL_TIMED_OUT 8u /* the deadline passed first: the result is SA_ETIMEDOUT */
+#define CALL_HELD 16u     /* timed out and delivered; the op still holds the call */
 
 /* A sync call sets only owner, loop and flags (it lives on the caller's
  * stack for one call); an async call sets everything. */
@@ -317,6 +318,10 @@ static int pool_grow(void) {
     atomic_init(&r->word, ((uint64_t)1 << 32) | W_FREE);
     SA_ATOMIC_VARIABLE(&r->word, sizeof r->word);
     SA_ATOMIC_VARIABLE(&r->sleepers, sizeof r->sleepers);
+    /* Read by other threads through handles that may be stale [request()]. */
+    SA_ATOMIC_VARIABLE(&r->call.owner, sizeof r->call.owner);
+    SA_ATOMIC_VARIABLE(&r->call.ctx, sizeof r->call.ctx);
+    SA_ATOMIC_VARIABLE(&r->ctx_id, sizeof r->ctx_id);
     pthread_mutex_init(&r->mutex, NULL);
     pthread_cond_init(&r->cond, &sa_monotonic_cond);
   }
@@ -596,19 +601,25 @@ static void deadline_disarm(struct sa_future_rec *r) {
   uv_close((uv_handle_t *)&d->timer, free_handle);
 }
 
-/* Time the call out: deliver SA_ETIMEDOUT now, then give the op's cancel
- * hook the chance to stop its work. The op keeps its call until it
- * completes it; that completion is not delivered [SA-DL-2]. */
+/* Time the call out: its result is SA_ETIMEDOUT. An op with a cancel hook
+ * is asked to stop, and the result is delivered when it has completed, so
+ * that nothing of the op's outlives the answer. An op without one cannot
+ * be stopped: the answer goes out now and the op keeps its call until it
+ * completes it; that completion is dropped [SA-DL-2]. */
 static void time_out(struct sa_future_rec *r) {
   if (r->call.flags & (CALL_COMPLETED | CALL_TIMED_OUT))
     return;
+  if (r->deadline)
+    deadline_disarm(r);
   r->call.flags |= CALL_TIMED_OUT;
   r->call.status = SA_ETIMEDOUT;
   r->call.value = NULL;
-  deliver_as(r, true);
-  /* The record is held: it is still this call's. */
-  if (r->call.op->cancel && !(r->call.flags & CALL_COMPLETED))
+  if (r->call.op->cancel) {
     r->call.op->cancel(&r->call, r->call.loop, r->call.arg);
+    return;
+  }
+  r->call.flags |= CALL_HELD;
+  deliver_as(r, true);
 }
 
 static int deadline_start(struct sa_deadline *d);
@@ -1157,6 +1168,8 @@ int sa_dispatch(const sa_op_t *op, void *arg, sa_mode_t mode, void **value,
 
 /* ---- calls with a deadline, calls waited for ---------------------------- */
 
+static void notify(struct sa_thread *t, sa_call_t *call);
+
 static int wait_for(struct sa_thread *t, sa_future_t future, uint64_t deadline,
                     void **value);
 
@@ -1258,11 +1271,19 @@ SA_NOINLINE static void notify(struct sa_thread *t, sa_call_t *call) {
     deliver(r);
 }
 
-/* The op completes a call that timed out: SA_ETIMEDOUT stands, and the
- * record is the holder's alone from now on [SA-DL-2]. */
-SA_COLD static int complete_timed_out(sa_call_t *call) {
+/* The op completes a call that timed out (or completes twice). The result
+ * stays SA_ETIMEDOUT: delivered now if the op was asked to stop, else it
+ * went out at the deadline and the record is the holder's alone from now
+ * on [SA-DL-2]. */
+SA_COLD static int complete_timed_out(struct sa_thread *t, sa_call_t *call) {
   struct sa_future_rec *r = (struct sa_future_rec *)call;
+  if (call->flags & CALL_COMPLETED)
+    return SA_EALREADY;
   call->flags |= CALL_COMPLETED;
+  if (!(call->flags & CALL_HELD)) {
+    notify(t, call);
+    return 0;
+  }
   pending_unlink(call_ctx(call), r);
   let_go(r, W_HELD);
   return 0;
@@ -1276,7 +1297,7 @@ int sa_complete(sa_call_t *call, int status, void *value) {
   if (SA_UNLIKELY(call_owner(call) != t))
     return SA_EPERM;
   if (SA_UNLIKELY(flags & (CALL_COMPLETED | CALL_TIMED_OUT)))
-    return flags & CALL_COMPLETED ? SA_EALREADY : complete_timed_out(call);
+    return complete_timed_out(t, call);
   call->flags = flags | CALL_COMPLETED;
   call->status = status;
   call->value = value;
@@ -1566,10 +1587,10 @@ struct batch {
   sa_call_t *call;
   sa_batch_item_t *items;
   size_t n;
-  size_t left; /* SA_BATCH_ALL: items still pending */
+  size_t left; /* items still running */
   sa_batch_kind_t kind;
   sa_batch_item_t *decider; /* the batch's value */
-  unsigned cancelling;      /* inside batch_cancel, which frees it */
+  unsigned busy;            /* inside a loop over the slots, which frees it */
   bool finished;
   struct batch_slot slots[];
 };
@@ -1582,8 +1603,9 @@ struct batch_request {
 
 static void batch_finish(struct batch *b, int status) {
   b->finished = true;
+  b->left = 0;
   sa_complete(b->call, status, b->decider);
-  if (!b->cancelling)
+  if (!b->busy)
     free(b);
 }
 
@@ -1599,18 +1621,35 @@ static void batch_settle(struct batch *b, size_t i, int status, void *value) {
       batch_finish(b, b->decider ? b->decider->status : 0);
     return;
   }
-  /* The first to finish wins; stop the others and drop their results. */
+  if (b->decider) { /* a loser has stopped: its result is dropped */
+    item->status = SA_ECANCELED;
+    item->value = NULL;
+    if (--b->left == 0)
+      batch_finish(b, b->decider->status);
+    return;
+  }
+  /* The first to finish wins. The others are asked to stop, and the batch
+   * completes once they have, so that none of them outlives the answer; one
+   * that cannot be stopped (no cancel hook) is let go at once. */
   b->decider = item;
+  b->left--;
+  b->busy++;
   for (size_t j = 0; j < b->n; j++) {
     sa_future_t f = b->slots[j].future;
     if (f.id == 0)
       continue;
-    b->slots[j].future.id = 0; /* a delivery inside the cancel is ignored */
     b->items[j].status = SA_ECANCELED;
-    sa_future_cancel(f);
-    sa_future_release(f);
+    if (sa_future_cancel(f) == SA_ENOTSUP && b->slots[j].future.id == f.id) {
+      b->slots[j].future.id = 0;
+      sa_future_release(f);
+      b->left--;
+    }
   }
-  batch_finish(b, status);
+  b->busy--;
+  if (b->left == 0 && !b->finished)
+    batch_finish(b, status);
+  else if (b->finished && !b->busy)
+    free(b);
 }
 
 static void batch_continuation(sa_future_t future, int status, void *value, void *data) {
@@ -1656,25 +1695,23 @@ static void batch_start(sa_call_t *call, uv_loop_t *loop, void *arg) {
     }
   }
   /* An item that could not start has finished, with its error. */
-  for (size_t i = 0; i < req->n; i++) {
-    if (b->slots[i].future.id != 0 || req->items[i].status == SA_PENDING)
-      continue;
-    bool ends = b->kind == SA_BATCH_FIRST || b->left == 1;
-    batch_settle(b, i, req->items[i].status, NULL);
-    if (ends)
-      return; /* `b` is gone */
-  }
+  b->busy++;
+  for (size_t i = 0; i < req->n && !b->finished; i++)
+    if (b->slots[i].future.id == 0 && req->items[i].status != SA_PENDING)
+      batch_settle(b, i, req->items[i].status, NULL);
+  if (--b->busy == 0 && b->finished)
+    free(b);
 }
 
 static void batch_cancel(sa_call_t *call, uv_loop_t *loop, void *arg) {
   struct batch *b = arg;
   (void)call;
   (void)loop;
-  b->cancelling++;
+  b->busy++;
   for (size_t i = 0; i < b->n && !b->finished; i++)
     if (b->slots[i].future.id != 0)
       sa_future_cancel(b->slots[i].future);
-  if (--b->cancelling == 0 && b->finished)
+  if (--b->busy == 0 && b->finished)
     free(b);
 }
 
@@ -1897,19 +1934,23 @@ static void *home_main(void *arg) {
     drop_msg(m);
     m = next;
   }
-  struct home_job *job;
-  while ((job = h->inflight) != NULL) {
-    /* A result the op produced but the loop had no time to deliver stands. */
+  /* A result the op produced but the loop had no time to deliver stands. */
+  for (struct home_job *job = h->inflight; job; job = job->next) {
     uint64_t w;
     struct sa_future_rec *r = lookup(job->inner, &w);
     bool done = r && (r->call.flags & CALL_COMPLETED) && !(r->call.flags & CALL_TIMED_OUT);
-    int status = done ? r->call.status : SA_ECANCELED;
-    void *value = done ? r->call.value : NULL;
-    home_unlink(h, job);
+    job->status = done ? r->call.status : SA_ECANCELED;
+    job->value = done ? r->call.value : NULL;
     sa_future_release(job->inner);
-    home_reply(job, status, value); /* the job is the caller's now */
   }
+  /* Answer only once the loop is drained: close callbacks of the ops may
+   * still use their arguments until then. */
   loop_teardown(h->ctx);
+  struct home_job *job;
+  while ((job = h->inflight) != NULL) {
+    home_unlink(h, job);
+    home_reply(job, job->status, job->value); /* the job is the caller's now */
+  }
   ctx_unregister(h->ctx);
   ctx_to_spares(h->ctx);
   sa_thread_cleanup();
