@@ -135,6 +135,37 @@ Test(SA_DL_2, late_completion_after_a_time_out_is_accepted_and_dropped) {
   cr_assert_eq(sa_thread_cleanup(), 0);
 }
 
+/* The same in async context: the time-out is delivered at the deadline,
+ * the op's completion later is accepted, and nothing is delivered twice. */
+struct late_async {
+  struct value_req late;
+  struct cont_rec cont;
+  int rc;
+};
+
+static void late_completion_in_loop(uv_loop_t *loop, void *data) {
+  struct late_async *a = data;
+  (void)loop;
+  sa_future_t f;
+  a->rc = sa_dispatch_until(&value_op_no_cancel, &a->late, SA_MODE_AUTO, sa_deadline_in(5),
+                            NULL, &f);
+  if (a->rc == SA_PENDING) {
+    a->cont.release = true;
+    cr_assert_eq(sa_future_then(f, record_cont, &a->cont), 0);
+  }
+}
+
+Test(SA_DL_2, late_completion_in_async_context_is_accepted_and_dropped) {
+  struct late_async a = {.late = {.when = SA_TEST_LATER, .delay_ms = 40, .value = &marker}};
+  sa_test_in_loop(late_completion_in_loop, &a); /* runs until the op's timer is done */
+  cr_assert_eq(a.rc, SA_PENDING, "SA-DL-2: async call returned %d", a.rc);
+  cr_assert_eq(a.cont.calls, 1, "SA-DL-2: %d deliveries", a.cont.calls);
+  cr_assert_eq(a.cont.status, SA_ETIMEDOUT, "SA-DL-2: delivered %d", a.cont.status);
+  cr_assert_eq(a.late.completions, 1, "SA-DL-2: the op completed %d times", a.late.completions);
+  cr_assert_eq(a.late.complete_rc, 0,
+               "SA-DL-2: sa_complete of a timed-out call returned %d, not 0", a.late.complete_rc);
+}
+
 /* SA-DL-3: async calls and future waits. */
 struct async_dl {
   struct value_req req;
