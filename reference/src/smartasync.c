@@ -732,6 +732,20 @@ static int post(struct sa_ctx *ctx, uint64_t id, struct sa_msg *m) {
   return open ? 0 : SA_ECANCELED;
 }
 
+/* Post a request about call `target` (a cancel, a time-out) to `ctx`. If
+ * that loop is gone, so is the call, settled with it: nothing to do. */
+static int post_request(struct sa_ctx *ctx, uint64_t id, enum sa_msg_kind kind,
+                        sa_future_t target) {
+  struct sa_msg *m = malloc(sizeof *m);
+  if (!m)
+    return SA_ENOMEM;
+  m->kind = kind;
+  m->target = target;
+  if (post(ctx, id, m) != 0)
+    free(m);
+  return 0;
+}
+
 static struct sa_msg *take_inbox(struct sa_ctx *ctx, bool retire) {
   pthread_mutex_lock(&ctx->inbox_mutex);
   struct sa_msg *m = ctx->inbox_head;
@@ -740,6 +754,17 @@ static struct sa_msg *take_inbox(struct sa_ctx *ctx, bool retire) {
     atomic_store(&ctx->id, 0);
   pthread_mutex_unlock(&ctx->inbox_mutex);
   return m;
+}
+
+/* The loop is going away: no message gets in from now on, and those that
+ * did are refused. */
+static void ctx_retire(struct sa_ctx *ctx) {
+  struct sa_msg *m = take_inbox(ctx, true);
+  while (m) {
+    struct sa_msg *next = m->next;
+    drop_msg(m);
+    m = next;
+  }
 }
 
 static bool home_stopping(struct sa_ctx *ctx);
@@ -798,10 +823,15 @@ static struct sa_future_rec *local_call(struct sa_thread *t, struct sa_ctx *ctx,
   return r;
 }
 
-/* Run a pending call's cancel hook, if it has one [SA-FUT-8]. */
-static void cancel_here(struct sa_future_rec *r) {
-  if (!(r->call.flags & (CALL_COMPLETED | CALL_TIMED_OUT)) && r->call.op->cancel)
-    r->call.op->cancel(&r->call, r->call.loop, r->call.arg);
+/* On the call's loop thread: run its cancel hook unless it has ended or
+ * is already stopping [SA-FUT-8]. SA_ENOTSUP if the op has no hook. */
+static int cancel_here(struct sa_future_rec *r) {
+  if (r->call.flags & (CALL_COMPLETED | CALL_TIMED_OUT))
+    return 0;
+  if (!r->call.op->cancel)
+    return SA_ENOTSUP;
+  r->call.op->cancel(&r->call, r->call.loop, r->call.arg);
+  return 0;
 }
 
 /* ---- loops going away --------------------------------------------------- */
@@ -815,12 +845,7 @@ static void close_any(uv_handle_t *handle, void *unused) {
 /* Keep `p`'s memory for a later private loop: futures may still read its
  * context [type-stable, see struct sa_ctx]. */
 static void private_to_spares(struct sa_private *p) {
-  struct sa_msg *m = take_inbox(&p->ctx, true);
-  while (m) {
-    struct sa_msg *next = m->next;
-    drop_msg(m);
-    m = next;
-  }
+  ctx_retire(&p->ctx);
   pthread_mutex_lock(&sa_registry_mutex);
   p->next_spare = sa_spare_privates;
   sa_spare_privates = p;
@@ -832,12 +857,7 @@ static void private_to_spares(struct sa_private *p) {
  * call keeps its SA_ETIMEDOUT), close every handle and close the loop.
  * Continuations are not called: the loop they would run on is going away. */
 static void loop_teardown(struct sa_ctx *ctx) {
-  struct sa_msg *m = take_inbox(ctx, true);
-  while (m) {
-    struct sa_msg *next = m->next;
-    drop_msg(m);
-    m = next;
-  }
+  ctx_retire(ctx);
   struct sa_future_rec *released = NULL;
   struct sa_future_rec *q = ctx->deferred_head;
   ctx->deferred_head = ctx->deferred_tail = NULL;
@@ -943,6 +963,15 @@ static int pick_private(struct sa_thread *t, struct sa_private **out) {
   return SA_ELOOP;
 }
 
+/* Under sa_registry_mutex: the link to `loop`'s context in the registry,
+ * pointing to NULL if it has none. */
+static struct sa_ctx **registry_link(uv_loop_t *loop) {
+  struct sa_ctx **link = &sa_registry;
+  while (*link && (*link)->loop != loop)
+    link = &(*link)->next_registered;
+  return link;
+}
+
 /* The context of `loop`: a private loop of this thread, or an application
  * loop from the registry (added if `create`). */
 static struct sa_ctx *ctx_of(struct sa_thread *t, uv_loop_t *loop, bool create) {
@@ -950,9 +979,7 @@ static struct sa_ctx *ctx_of(struct sa_thread *t, uv_loop_t *loop, bool create) 
     if (t->priv[k] && &t->priv[k]->loop == loop)
       return &t->priv[k]->ctx;
   pthread_mutex_lock(&sa_registry_mutex);
-  struct sa_ctx *ctx = sa_registry;
-  while (ctx && ctx->loop != loop)
-    ctx = ctx->next_registered;
+  struct sa_ctx *ctx = *registry_link(loop);
   if (!ctx && create) {
     if ((ctx = sa_spare_ctxs) != NULL)
       sa_spare_ctxs = ctx->next_registered;
@@ -979,9 +1006,7 @@ static void ctx_to_spares(struct sa_ctx *ctx) {
 
 static void ctx_unregister(struct sa_ctx *ctx) {
   pthread_mutex_lock(&sa_registry_mutex);
-  struct sa_ctx **link = &sa_registry;
-  while (*link && *link != ctx)
-    link = &(*link)->next_registered;
+  struct sa_ctx **link = registry_link(ctx->loop);
   if (*link)
     *link = ctx->next_registered;
   pthread_mutex_unlock(&sa_registry_mutex);
@@ -1028,9 +1053,7 @@ int sa_loop_close(uv_loop_t *loop) {
     if (t->priv[k] && &t->priv[k]->loop == loop)
       return SA_EPERM; /* the dispatcher's own: freed at thread exit */
   pthread_mutex_lock(&sa_registry_mutex);
-  struct sa_ctx **link = &sa_registry;
-  while (*link && (*link)->loop != loop)
-    link = &(*link)->next_registered;
+  struct sa_ctx **link = registry_link(loop);
   struct sa_ctx *ctx = *link;
   if (ctx) {
     if (atomic_load_explicit(&ctx->running, memory_order_relaxed) ||
@@ -1042,13 +1065,7 @@ int sa_loop_close(uv_loop_t *loop) {
   }
   pthread_mutex_unlock(&sa_registry_mutex);
   if (ctx) {
-    /* No call is pending: the messages left are moot. */
-    struct sa_msg *m = take_inbox(ctx, true);
-    while (m) {
-      struct sa_msg *next = m->next;
-      drop_msg(m);
-      m = next;
-    }
+    ctx_retire(ctx); /* no call is pending: the messages left are moot */
     if (ctx->drain_ready)
       uv_close((uv_handle_t *)&ctx->drain, NULL);
     if (ctx->wakeup_ready)
@@ -1138,6 +1155,12 @@ static int run_async(struct sa_thread *t, struct sa_ctx *ctx, const sa_op_t *op,
 static int start_async_from_sync(struct sa_thread *t, const sa_op_t *op, void *arg,
                                  uint64_t deadline, sa_future_t *future);
 
+/* What every dispatching call checks [SA-ERR-3]: a known mode, and a place
+ * for the future wherever the call may be async. */
+static inline bool bad_mode(sa_mode_t mode, const sa_future_t *future) {
+  return (unsigned)mode > SA_MODE_ASYNC || (!future && mode != SA_MODE_SYNC);
+}
+
 /* Whether a call in `mode` runs synchronously: forced, or auto in sync
  * context [SA-DET-1, SA-MODE-1]. */
 static inline bool runs_sync(const struct sa_thread *t, sa_mode_t mode) {
@@ -1147,6 +1170,8 @@ static inline bool runs_sync(const struct sa_thread *t, sa_mode_t mode) {
 int sa_dispatch(const sa_op_t *op, void *arg, sa_mode_t mode, void **value,
                 sa_future_t *future) {
   struct sa_thread *t = &sa_self;
+  /* bad_mode(), spelled out: through the helper this path costs three
+   * more instructions (callgrind). */
   if (SA_UNLIKELY(!op || !op->start || (unsigned)mode > SA_MODE_ASYNC ||
                   (!future && mode != SA_MODE_SYNC)))
     return SA_EINVAL;
@@ -1252,8 +1277,7 @@ int sa_dispatch_until(const sa_op_t *op, void *arg, sa_mode_t mode, uint64_t dea
                       void **value, sa_future_t *future) {
   if (deadline == SA_NO_DEADLINE)
     return sa_dispatch(op, arg, mode, value, future);
-  if (!op || !op->start || (unsigned)mode > SA_MODE_ASYNC ||
-      (!future && mode != SA_MODE_SYNC))
+  if (!op || !op->start || bad_mode(mode, future))
     return SA_EINVAL;
   return dispatch_record(op, arg, mode, deadline, value, future);
 }
@@ -1361,7 +1385,7 @@ static const sa_op_t blocking_op = {blocking_start, blocking_cancel};
 
 int sa_call_blocking(sa_blocking_fn fn, void *arg, sa_mode_t mode, void **value,
                      sa_future_t *future) {
-  if (!fn || (unsigned)mode > SA_MODE_ASYNC || (!future && mode != SA_MODE_SYNC))
+  if (!fn || bad_mode(mode, future))
     return SA_EINVAL;
   if (future)
     future->id = 0;
@@ -1453,14 +1477,8 @@ int sa_future_then(sa_future_t future, sa_continuation_cb cb, void *data) {
  * thread that does not run that loop. The handle may have gone stale
  * meanwhile: the loop's thread checks it again. */
 static int request(struct sa_future_rec *r, sa_future_t future, enum sa_msg_kind kind) {
-  struct sa_msg *m = malloc(sizeof *m);
-  if (!m)
-    return SA_ENOMEM;
-  m->kind = kind;
-  m->target = future;
-  if (post(call_ctx(&r->call), atomic_load_explicit(&r->ctx_id, memory_order_relaxed), m))
-    free(m); /* its loop is gone, and the call was settled with it */
-  return 0;
+  return post_request(call_ctx(&r->call), atomic_load_explicit(&r->ctx_id, memory_order_relaxed),
+                      kind, future);
 }
 
 /* Sleep until another thread delivers `r`, it is released under us, or the
@@ -1544,12 +1562,7 @@ int sa_future_cancel(sa_future_t future) {
     return 0; /* delivered (or timed out) already */
   if (call_owner(&r->call) != &sa_self)
     return request(r, future, MSG_CANCEL); /* [SA-CAN-1] */
-  if (r->call.flags & (CALL_COMPLETED | CALL_TIMED_OUT))
-    return 0;
-  if (!r->call.op->cancel)
-    return SA_ENOTSUP;
-  r->call.op->cancel(&r->call, r->call.loop, r->call.arg);
-  return 0;
+  return cancel_here(r);
 }
 
 int sa_future_release(sa_future_t future) {
@@ -1880,13 +1893,7 @@ static void home_op_cancel(sa_call_t *call, uv_loop_t *loop, void *arg) {
   const struct home_job *job = arg;
   (void)call;
   (void)loop;
-  struct sa_msg *m = malloc(sizeof *m);
-  if (!m)
-    return;
-  m->kind = MSG_HOME_CANCEL;
-  m->target = job->msg.target;
-  if (post(job->home_ctx, job->home_ctx_id, m) != 0)
-    free(m); /* stopping: the call gets SA_ECANCELED anyway */
+  post_request(job->home_ctx, job->home_ctx_id, MSG_HOME_CANCEL, job->msg.target);
 }
 
 static const sa_op_t home_op = {home_op_start, home_op_cancel};
@@ -1926,14 +1933,8 @@ static void *home_main(void *arg) {
   while (!home_stopping(h->ctx)) /* an op may have stopped the loop */
     uv_run(&h->loop, UV_RUN_DEFAULT);
   sa_leave(&h->loop);
-  /* Stopping. Nothing new gets in once the id is retired; whatever did is
-   * answered with SA_ECANCELED, exactly once [SA-HOME-4]. */
-  struct sa_msg *m = take_inbox(h->ctx, true);
-  while (m) {
-    struct sa_msg *next = m->next;
-    drop_msg(m);
-    m = next;
-  }
+  /* Stopping. Calls still queued are answered with SA_ECANCELED by
+   * loop_teardown, which lets nothing new in [SA-HOME-4]. */
   /* A result the op produced but the loop had no time to deliver stands. */
   for (struct home_job *job = h->inflight; job; job = job->next) {
     uint64_t w;
@@ -1987,8 +1988,7 @@ int sa_home_start(sa_home_t **home) {
 
 int sa_home_call(sa_home_t *home, const sa_op_t *op, void *arg, sa_mode_t mode,
                  void **value, sa_future_t *future) {
-  if (!home || !op || !op->start || (unsigned)mode > SA_MODE_ASYNC ||
-      (!future && mode != SA_MODE_SYNC))
+  if (!home || !op || !op->start || bad_mode(mode, future))
     return SA_EINVAL;
   /* The home thread blocking on its own loop would never be answered. */
   if (runs_sync(&sa_self, mode) && pthread_equal(pthread_self(), home->thread)) {
