@@ -17,6 +17,6 @@ ensure_packages() {
 
 # What building and testing the project needs.
 SA_PACKAGES="build-essential cmake pkg-config patch libuv1-dev libcriterion-dev libbenchmark-dev \
-valgrind strace clang python3"
+valgrind strace clang python3 libxml2-utils"
 
 jobs() { nproc 2>/dev/null || echo 2; }

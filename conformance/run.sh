@@ -6,7 +6,8 @@
 # SUITE is the Criterion program, FORK the standalone fork program, both
 # built against the implementation under test. Tests are named after the
 # requirement they check (suite SA_SYNC_3 checks SA-SYNC-3). Writes DIR/*.tap
-# and DIR/requirements.tsv (id, verdict, tests passed, tests failed).
+# DIR/requirements.tsv (id, verdict, tests passed, tests failed) and
+# DIR/junit.xml (one JUnit test suite per requirement, ci/junit.py).
 #
 # Exit 0 when every requirement has at least one test and all tests pass.
 # With --expect-fail ID (a known-bad implementation): exit 0 when the run
@@ -127,6 +128,11 @@ for id in $failed_ids; do
     | sed 's/^[^:]*:/  /'
 done
 echo "requirements: $req_pass passed, $req_fail failed"
+
+set --
+[ "$valgrind_errors" -eq 0 ] || set -- --failure "valgrind reports errors in $valgrind_errors processes"
+python3 "$(dirname "$0")/../ci/junit.py" conformance --spec "$spec" --out "$out/junit.xml" "$@" \
+  "$out/suite.tap" "$out/fork.tap" || { echo "run.sh: could not write $out/junit.xml" >&2; exit 2; }
 
 ok=1
 [ "$req_fail" -eq 0 ] && [ -z "$unknown" ] && [ "$valgrind_errors" -eq 0 ] || ok=0
