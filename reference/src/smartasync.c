@@ -34,6 +34,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -2058,6 +2059,18 @@ static void drop_msg(struct sa_msg *m) {
     free(m);
 }
 
+/* Descriptions of errno codes, made once: strerror() may share one buffer
+ * between threads, and a string returned must stay valid and unchanged. */
+#define ERRNO_TEXTS 160 /* Linux codes end below 140 */
+static char errno_texts[ERRNO_TEXTS][64];
+static pthread_once_t errno_texts_once = PTHREAD_ONCE_INIT;
+
+static void errno_texts_init(void) {
+  for (int e = 0; e < ERRNO_TEXTS; e++)
+    if (strerror_r(e, errno_texts[e], sizeof errno_texts[e]) != 0)
+      snprintf(errno_texts[e], sizeof errno_texts[e], "unknown error %d", e);
+}
+
 const char *sa_strerror(int code) {
   switch (code) {
   case 0: return "success";
@@ -2073,6 +2086,18 @@ const char *sa_strerror(int code) {
   case SA_ENOTSUP: return "operation cannot be cancelled";
   case SA_ECANCELED: return "cancelled";
   case SA_ETIMEDOUT: return "the deadline passed first";
-  default: return code < 0 ? uv_strerror(code) : "unknown code";
+  default: break;
   }
+  if (code > 0)
+    return "unknown code";
+  if (code > -ERRNO_TEXTS) {
+    pthread_once(&errno_texts_once, errno_texts_init);
+    return errno_texts[-code];
+  }
+  /* libuv's own codes (UV_EOF, UV_EAI_*): uv_strerror returns a static
+   * string for those it knows, but leaks a fresh one for any other. */
+  char probe[64];
+  if (strncmp(uv_strerror_r(code, probe, sizeof probe), "Unknown system error", 20) == 0)
+    return "unknown error code";
+  return uv_strerror(code);
 }
