@@ -19,4 +19,9 @@ ensure_packages() {
 SA_PACKAGES="build-essential cmake pkg-config patch libuv1-dev libcriterion-dev libbenchmark-dev \
 valgrind strace clang python3 libxml2-utils"
 
+# What the data-pipeline example and its integration test need: its libraries,
+# and the servers and clients the test starts and queries.
+SA_EXAMPLE_PACKAGES="libhttp-parser-dev libjansson-dev libpq-dev libsqlite3-dev \
+postgresql postgresql-client sqlite3"
+
 jobs() { nproc 2>/dev/null || echo 2; }
