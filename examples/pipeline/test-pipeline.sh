@@ -176,50 +176,32 @@ done
 # ---- failures: each its own code, nothing half-written ---------------------
 
 down_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# fails_with CASE API PATTERN: with $db and $mode, the run fails, its error
+# line matches PATTERN, and it wrote no row and no partial file.
+fails_with() {
+  case_name="$1-$db-$mode"
+  echo "$case_name"
+  check "fails" fails "$case_name" "$mode" "$db" "$2"
+  check "says: $3" says "$case_name" "$3"
+  check "no row" rows_are "$db" ""
+  check "no partial file" no_partial_files "$work/$case_name"
+}
+no_file() { [ -z "$(ls "$work/$case_name")" ]; }
 for db in pg sqlite; do
   for mode in sync async; do
     reset_db "$db"
-    case_name="down-$db-$mode"
-    echo "$case_name"
-    check "fails" fails "$case_name" "$mode" "$db" "http://127.0.0.1:$down_port/api/files.json"
-    check "connection refused" says "$case_name" "Connection refused"
-    check "nothing written" rows_are "$db" ""
-    check "no file" [ -z "$(ls "$work/$case_name")" ]
-
-    case_name="listing-500-$db-$mode"
-    echo "$case_name"
-    check "fails" fails "$case_name" "$mode" "$db" "$base/status/500/api/files.json"
-    check "HTTP 500" says "$case_name" "fetch_json .*Remote I/O error (HTTP 500"
-    check "nothing written" rows_are "$db" ""
-    check "no file" [ -z "$(ls "$work/$case_name")" ]
-
-    case_name="file-500-$db-$mode"
-    echo "$case_name"
-    check "fails" fails "$case_name" "$mode" "$db" "$base/api/fail-500.json"
-    check "HTTP 500 of the file" says "$case_name" "download_file .*data.csv: Remote I/O error (HTTP 500"
-    check "no row" rows_are "$db" ""
-    check "no partial file" no_partial_files "$work/$case_name"
+    fails_with down "http://127.0.0.1:$down_port/api/files.json" "fetch_json .*Connection refused"
+    check "no file" no_file
+    fails_with listing-500 "$base/status/500/api/files.json" "fetch_json .*Remote I/O error (HTTP 500"
+    check "no file" no_file
+    fails_with file-500 "$base/api/fail-500.json" "download_file .*data.csv: Remote I/O error (HTTP 500"
     check "the failed file is absent" absent "$work/$case_name/data.csv"
-
-    case_name="truncated-$db-$mode"
-    echo "$case_name"
-    check "fails" fails "$case_name" "$mode" "$db" "$base/api/truncated.json"
-    check "truncated" says "$case_name" "big.bin: Protocol error (the connection closed inside"
-    check "no row" rows_are "$db" ""
-    check "no partial file" no_partial_files "$work/$case_name"
+    fails_with truncated "$base/api/truncated.json" \
+      "big.bin: Protocol error (the connection closed inside"
     check "the truncated file is absent" absent "$work/$case_name/big.bin"
-
-    case_name="not-json-$db-$mode"
-    echo "$case_name"
-    check "fails" fails "$case_name" "$mode" "$db" "$base/api/not-json.json"
-    check "bad message" says "$case_name" "Bad message (the body is not JSON"
-    check "no row" rows_are "$db" ""
-
-    case_name="duplicate-$db-$mode"
-    echo "$case_name"
-    check "fails" fails "$case_name" "$mode" "$db" "$base/api/duplicate.json"
-    check "duplicate key" says "$case_name" "save_rows .*File exists"
-    check "no row at all: the rows go in together or not at all" rows_are "$db" ""
+    fails_with not-json "$base/api/not-json.json" "Bad message (the body is not JSON"
+    # The rows go in together or not at all: the first one was fine.
+    fails_with duplicate "$base/api/duplicate.json" "save_rows .*File exists"
   done
 done
 
