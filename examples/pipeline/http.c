@@ -219,7 +219,9 @@ static void start_reading(request_t *r) {
 static void on_request_written(uv_write_t *req, int status) {
   request_t *r = req->data;
   r->in_flight--;
-  if (status < 0)
+  /* A write we cut short by closing (the whole response came first, or the
+   * request failed already) is no failure of its own. */
+  if (status < 0 && !r->tcp_closing)
     fail(r, status, "sending the request: %s", uv_strerror(status));
   if (r->status != 0)
     finish(r);

@@ -3,7 +3,7 @@
 # (fixture_server.py, Python's http.server) and a PostgreSQL cluster started
 # here on a private Unix socket, plus SQLite. Both are stopped on any exit.
 #
-#   test-pipeline.sh PIPELINE WORK_DIR
+#   test-pipeline.sh PIPELINE TEST_OPS WORK_DIR
 #
 # Checks, in sync and in async mode, with PostgreSQL and with SQLite:
 #   - the files on disk are byte for byte the served ones, and the rows in
@@ -12,14 +12,17 @@
 #   - server down, HTTP 500 (listing or file), a truncated body, a listing
 #     that is not JSON, and rows breaking a constraint each fail with their
 #     own error code, leave no partial file and write no row;
+#   - the ops alone (TEST_OPS): bad input, and downloads stopped at any
+#     point by a deadline or a cancel leave nothing behind;
 #   - under valgrind, no leak and no memory error, on success and failure.
 set -eu
-if [ $# -ne 2 ]; then
-  echo "usage: test-pipeline.sh PIPELINE WORK_DIR" >&2
+if [ $# -ne 3 ]; then
+  echo "usage: test-pipeline.sh PIPELINE TEST_OPS WORK_DIR" >&2
   exit 2
 fi
 pipeline="$1"
-work="$2"
+test_ops="$2"
+work="$3"
 here=$(cd "$(dirname "$0")" && pwd)
 rm -rf "$work"
 mkdir -p "$work/www/api" "$work/www/files"
@@ -144,6 +147,11 @@ rows_are() { [ "$(rows "$1")" = "$2" ]; }
 no_partial_files() { [ -z "$(find "$1" -name '*.part')" ]; }
 says() { grep -q "$2" "$work/$1.log"; }
 fails() { ! run_pipeline "$@"; }
+logged() { # logged LOG COMMAND...: run COMMAND into LOG, shown if it fails
+  log="$1"
+  shift
+  "$@" >"$log" 2>&1 || { sed 's/^/    /' "$log"; false; }
+}
 fails_cleanly() {
   run_pipeline "$@" && return 1
   [ $? -eq 1 ] || { sed 's/^/    /' "$work/$1.log"; false; }
@@ -214,6 +222,11 @@ for mode in sync async; do
   check "at the deadline, not when the server answers" [ $(($(date +%s) - started)) -lt 4 ]
 done
 
+echo "the ops alone"
+mkdir -p "$work/ops"
+check "bad input, deadlines and cancels ($(basename "$work")/ops.log)" \
+  logged "$work/ops.log" "$test_ops" "$base" "$work/ops"
+
 # ---- no leak, no memory error: under valgrind -------------------------------
 
 under="valgrind --quiet --leak-check=full --errors-for-leak-kinds=definite,indirect \
@@ -235,6 +248,11 @@ for mode in sync async; do
   check "stopped at the deadline, fails cleanly" fails_cleanly "valgrind-deadline-$mode" "$mode" \
     sqlite "$base/slow/api/files.json" --timeout-ms 300
 done
+echo "valgrind: the ops alone"
+mkdir -p "$work/ops-valgrind"
+# shellcheck disable=SC2086 # $under is a command line
+check "bad input, deadlines and cancels, under valgrind" \
+  logged "$work/ops-valgrind.log" $under "$test_ops" "$base" "$work/ops-valgrind"
 under=""
 
 echo "database down"
