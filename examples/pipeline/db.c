@@ -72,11 +72,18 @@ typedef struct pg_save {
 
 static void pg_step(pg_save_t *s, int events);
 
+/* Record a failure: the first one is the one reported. */
+static void pg_fail(pg_save_t *s, int status, const char *prefix, const char *detail) {
+  if (s->status != 0)
+    return;
+  s->status = status;
+  set_message(s->db, prefix, detail);
+}
+
 static void on_pg_poll(uv_poll_t *poll, int status, int events) {
   pg_save_t *s = poll->data;
   if (status < 0) {
-    s->status = PIPE_EDB;
-    set_message(s->db, "polling the database socket: ", uv_strerror(status));
+    pg_fail(s, PIPE_EDB, "polling the database socket: ", sa_strerror(status));
     events = 0;
   }
   pg_step(s, events);
@@ -149,18 +156,16 @@ static int pg_watch(pg_save_t *s, int events) {
 /* Read what the server sent; true once the statement's results are all in. */
 static bool pg_collect(pg_save_t *s) {
   if (!PQconsumeInput(s->conn)) {
-    s->status = PIPE_EDB;
-    set_message(s->db, "", PQerrorMessage(s->conn));
+    pg_fail(s, PIPE_EDB, "", PQerrorMessage(s->conn));
     return true;
   }
   while (!PQisBusy(s->conn)) {
     PGresult *res = PQgetResult(s->conn);
     if (!res)
       return true;
-    if (PQresultStatus(res) != PGRES_COMMAND_OK && s->status == 0) {
-      s->status = status_of_sqlstate(PQresultErrorField(res, PG_DIAG_SQLSTATE));
-      set_message(s->db, "", PQresultErrorMessage(res));
-    }
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+      pg_fail(s, status_of_sqlstate(PQresultErrorField(res, PG_DIAG_SQLSTATE)), "",
+              PQresultErrorMessage(res));
     PQclear(res);
   }
   return false;
@@ -170,8 +175,7 @@ static int pg_send(pg_save_t *s) {
   PQsetnonblocking(s->conn, 1);
   if (!PQsendQueryParams(s->conn, s->sql, (int)(s->db->n_rows * COLUMNS), NULL,
                          (const char *const *)s->values, NULL, NULL, 0)) {
-    s->status = PIPE_EDB;
-    set_message(s->db, "", PQerrorMessage(s->conn));
+    pg_fail(s, PIPE_EDB, "", PQerrorMessage(s->conn));
     return -1;
   }
   s->connected = true;
@@ -193,17 +197,14 @@ static void pg_step(pg_save_t *s, int events) {
         events = UV_WRITABLE;
       break;
     default:
-      s->status = -ECONNREFUSED;
-      set_message(s->db, "", PQerrorMessage(s->conn));
+      pg_fail(s, -ECONNREFUSED, "", PQerrorMessage(s->conn));
     }
   }
   if (s->status == 0 && s->connected) {
     if (s->flushing && (events & UV_WRITABLE)) {
       int rc = PQflush(s->conn);
-      if (rc < 0) {
-        s->status = PIPE_EDB;
-        set_message(s->db, "", PQerrorMessage(s->conn));
-      }
+      if (rc < 0)
+        pg_fail(s, PIPE_EDB, "", PQerrorMessage(s->conn));
       s->flushing = rc == 1;
     }
     if (s->status == 0 && (events & UV_READABLE) && pg_collect(s)) {
@@ -214,10 +215,8 @@ static void pg_step(pg_save_t *s, int events) {
   }
   if (s->status == 0) {
     int rc = pg_watch(s, want);
-    if (rc < 0) {
-      s->status = PIPE_EDB;
-      set_message(s->db, "watching the database socket: ", uv_strerror(rc));
-    }
+    if (rc < 0)
+      pg_fail(s, PIPE_EDB, "watching the database socket: ", sa_strerror(rc));
   }
   if (s->status != 0)
     pg_finish(s);
@@ -261,23 +260,23 @@ static void pg_start(sa_call_t *call, uv_loop_t *loop, void *arg) {
   s->loop = loop;
   s->db = db;
   db->running = s;
-  if ((s->status = pg_prepare(s)) < 0) {
-    set_message(s->db, "", s->status == SA_EINVAL ? "a row has no name or no url" : "out of memory");
+  int rc = pg_prepare(s);
+  if (rc < 0) {
+    pg_fail(s, rc, "", rc == SA_EINVAL ? "a row has no name or no url" : "out of memory");
     pg_finish(s);
     return;
   }
   s->conn = PQconnectStart(db->target);
   if (!s->conn || PQstatus(s->conn) == CONNECTION_BAD) {
-    s->status = s->conn ? -ECONNREFUSED : SA_ENOMEM;
-    set_message(db, "", s->conn ? PQerrorMessage(s->conn) : "out of memory");
+    pg_fail(s, s->conn ? -ECONNREFUSED : SA_ENOMEM, "",
+            s->conn ? PQerrorMessage(s->conn) : "out of memory");
     pg_finish(s);
     return;
   }
   /* libpq's protocol: poll for writing first, then as PQconnectPoll says. */
-  int rc = pg_watch(s, UV_WRITABLE);
+  rc = pg_watch(s, UV_WRITABLE);
   if (rc < 0) {
-    s->status = PIPE_EDB;
-    set_message(db, "watching the database socket: ", uv_strerror(rc));
+    pg_fail(s, PIPE_EDB, "watching the database socket: ", sa_strerror(rc));
     pg_finish(s);
   }
 }
@@ -291,8 +290,7 @@ static void pg_cancel(sa_call_t *call, uv_loop_t *loop, void *arg) {
   (void)loop;
   if (!s)
     return;
-  s->status = SA_ECANCELED;
-  set_message(db, "", "stopped by the caller: cancelled, or its deadline passed");
+  pg_fail(s, SA_ECANCELED, "", "stopped by the caller: cancelled, or its deadline passed");
   pg_finish(s);
 }
 

@@ -18,6 +18,7 @@
 #include <fcntl.h>
 #include <http_parser.h>
 #include <jansson.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -65,11 +66,22 @@ typedef struct request {
 static void finish(request_t *r);
 static void start_reading(request_t *r);
 
-static void fail(request_t *r, int status, const char *fmt, const char *detail) {
+/* Record a failure: the first one is the one reported. */
+__attribute__((format(printf, 3, 4))) static void fail(request_t *r, int status,
+                                                       const char *fmt, ...) {
   if (r->status != 0)
-    return; /* the first failure is the one reported */
+    return;
   r->status = status;
-  snprintf(r->args->message, sizeof r->args->message, fmt, detail);
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(r->args->message, sizeof r->args->message, fmt, ap);
+  va_end(ap);
+}
+
+/* A libuv call failed with `rc` while `doing` something. (sa_strerror, not
+ * uv_strerror: the latter leaks a string for a code it does not know.) */
+static void fail_uv(request_t *r, int rc, const char *doing) {
+  fail(r, rc, "%s: %s", doing, sa_strerror(rc));
 }
 
 /* ---- parsing ---------------------------------------------------------- */
@@ -78,10 +90,8 @@ static int on_headers_complete(http_parser *p) {
   request_t *r = p->data;
   r->args->http_status = (int)p->status_code;
   if (p->status_code < 200 || p->status_code > 299) {
-    char status[64];
-    snprintf(status, sizeof status, "%u %s", p->status_code,
-             http_status_str((enum http_status)p->status_code));
-    fail(r, PIPE_EHTTP, "HTTP %s", status);
+    fail(r, PIPE_EHTTP, "HTTP %u %s", p->status_code,
+         http_status_str((enum http_status)p->status_code));
     return -1; /* stop parsing: the body is of no use */
   }
   return 0;
@@ -98,7 +108,7 @@ static int on_body(http_parser *p, const char *at, size_t len) {
     return 0;
   }
   if (r->body_len + len > PIPE_JSON_MAX) {
-    fail(r, PIPE_ETOOBIG, "%s", "the JSON body is larger than PIPE_JSON_MAX");
+    fail(r, PIPE_ETOOBIG, "the JSON body is larger than PIPE_JSON_MAX");
     return -1;
   }
   if (r->body_len + len > r->body_cap) {
@@ -107,7 +117,7 @@ static int on_body(http_parser *p, const char *at, size_t len) {
       cap *= 2;
     char *grown = realloc(r->body, cap);
     if (!grown) {
-      fail(r, SA_ENOMEM, "%s", "out of memory for the body");
+      fail(r, SA_ENOMEM, "out of memory for the body");
       return -1;
     }
     r->body = grown;
@@ -138,9 +148,8 @@ static void parse(request_t *r, const char *data, size_t len) {
   if (r->status != 0 || r->response_done)
     return;
   if (err == HPE_INVALID_EOF_STATE || (len == 0 && err == HPE_OK)) {
-    char got[64];
-    snprintf(got, sizeof got, "%llu body bytes", (unsigned long long)r->args->bytes);
-    fail(r, PIPE_ETRUNCATED, "the connection closed inside the response, after %s", got);
+    fail(r, PIPE_ETRUNCATED, "the connection closed inside the response, after %llu body bytes",
+         (unsigned long long)r->args->bytes);
   } else if (err != HPE_OK || used != len) {
     fail(r, PIPE_EBADMSG, "malformed HTTP response: %s", http_errno_description(err));
   }
@@ -154,7 +163,7 @@ static void on_written(uv_fs_t *req) {
   uv_fs_req_cleanup(req);
   r->in_flight--;
   if (result < 0) {
-    fail(r, (int)result, "writing the file: %s", uv_strerror((int)result));
+    fail_uv(r, (int)result, "writing the file");
   } else {
     r->file_offset += (uint64_t)result;
     r->pending_len -= (size_t)result;
@@ -172,7 +181,7 @@ static void write_pending(request_t *r) {
   uv_read_stop((uv_stream_t *)&r->tcp);
   int rc = uv_fs_write(r->loop, &r->fs, r->file, &buf, 1, (int64_t)r->file_offset, on_written);
   if (rc < 0) {
-    fail(r, rc, "writing the file: %s", uv_strerror(rc));
+    fail_uv(r, rc, "writing the file");
     finish(r);
     return;
   }
@@ -192,7 +201,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   if (nread == UV_EOF)
     parse(r, NULL, 0);
   else if (nread < 0)
-    fail(r, (int)nread, "reading the response: %s", uv_strerror((int)nread));
+    fail_uv(r, (int)nread, "reading the response");
   else if (nread > 0)
     parse(r, buf->base, (size_t)nread);
   else
@@ -211,7 +220,7 @@ static void start_reading(request_t *r) {
   }
   int rc = uv_read_start((uv_stream_t *)&r->tcp, on_alloc, on_read);
   if (rc < 0) {
-    fail(r, rc, "reading the response: %s", uv_strerror(rc));
+    fail_uv(r, rc, "reading the response");
     finish(r);
   }
 }
@@ -222,7 +231,7 @@ static void on_request_written(uv_write_t *req, int status) {
   /* A write we cut short by closing (the whole response came first, or the
    * request failed already) is no failure of its own. */
   if (status < 0 && !r->tcp_closing)
-    fail(r, status, "sending the request: %s", uv_strerror(status));
+    fail_uv(r, status, "sending the request");
   if (r->status != 0)
     finish(r);
 }
@@ -231,7 +240,7 @@ static void on_connected(uv_connect_t *req, int status) {
   request_t *r = req->data;
   r->in_flight--;
   if (status < 0)
-    fail(r, status, "connecting: %s", uv_strerror(status));
+    fail_uv(r, status, "connecting");
   if (r->status != 0) {
     finish(r);
     return;
@@ -239,7 +248,7 @@ static void on_connected(uv_connect_t *req, int status) {
   uv_buf_t buf = uv_buf_init(r->head, (unsigned)strlen(r->head));
   int rc = uv_write(&r->writer, (uv_stream_t *)&r->tcp, &buf, 1, on_request_written);
   if (rc < 0) {
-    fail(r, rc, "sending the request: %s", uv_strerror(rc));
+    fail_uv(r, rc, "sending the request");
     finish(r);
     return;
   }
@@ -252,16 +261,16 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *addr
   r->in_flight--;
   r->resolving = false;
   if (status < 0 && status != UV_EAI_CANCELED)
-    fail(r, status, "resolving the host: %s", uv_strerror(status));
+    fail_uv(r, status, "resolving the host");
   int rc = r->status == 0 ? uv_tcp_init(r->loop, &r->tcp) : 0;
   if (rc < 0)
-    fail(r, rc, "socket: %s", uv_strerror(rc));
+    fail_uv(r, rc, "socket");
   if (r->status == 0) {
     r->tcp_open = true;
     r->tcp.data = r;
     rc = uv_tcp_connect(&r->connector, &r->tcp, addresses->ai_addr, on_connected);
     if (rc < 0)
-      fail(r, rc, "connecting: %s", uv_strerror(rc));
+      fail_uv(r, rc, "connecting");
     else
       r->in_flight++;
   }
@@ -274,7 +283,7 @@ static void resolve(request_t *r) {
   struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
   int rc = uv_getaddrinfo(r->loop, &r->resolver, on_resolved, r->host, r->service, &hints);
   if (rc < 0) {
-    fail(r, rc, "resolving the host: %s", uv_strerror(rc));
+    fail_uv(r, rc, "resolving the host");
     finish(r);
     return;
   }
@@ -288,7 +297,7 @@ static void on_part_opened(uv_fs_t *req) {
   uv_fs_req_cleanup(req);
   r->in_flight--;
   if (result < 0) {
-    fail(r, result, "creating the file: %s", uv_strerror(result));
+    fail_uv(r, result, "creating the file");
   } else {
     r->file = result;
     r->part_exists = true;
@@ -322,16 +331,17 @@ static void deliver(request_t *r) {
 static void on_file_done(uv_fs_t *req) {
   request_t *r = req->data;
   int result = (int)req->result;
+  uv_fs_type type = req->fs_type;
   uv_fs_req_cleanup(req);
   r->in_flight--;
-  if (req->fs_type == UV_FS_CLOSE) {
+  if (type == UV_FS_CLOSE) {
     r->file = -1;
     if (result < 0)
-      fail(r, result, "closing the file: %s", uv_strerror(result));
+      fail_uv(r, result, "closing the file");
   } else { /* renamed, or removed */
     r->part_exists = false;
     if (result < 0)
-      fail(r, result, "renaming the file: %s", uv_strerror(result));
+      fail_uv(r, result, "renaming the file");
   }
   finish(r);
 }
@@ -369,7 +379,7 @@ static void finish(request_t *r) {
     return;
   }
   if (rc < 0) { /* not expected of a valid request; give up the file */
-    fail(r, rc, "finishing the file: %s", uv_strerror(rc));
+    fail_uv(r, rc, "finishing the file");
     r->file = -1;
     r->part_exists = false;
     finish(r);
@@ -450,7 +460,10 @@ static void http_start(sa_call_t *call, uv_loop_t *loop, void *arg, bool to_file
 
   int rc = prepare(r);
   if (rc < 0) {
-    fail(r, rc, "not an http:// URL: %s", args->url);
+    if (rc == SA_ENOMEM)
+      fail(r, rc, "out of memory");
+    else
+      fail(r, rc, "not an http:// URL: %s", args->url);
     finish(r);
     return;
   }
@@ -460,7 +473,7 @@ static void http_start(sa_call_t *call, uv_loop_t *loop, void *arg, bool to_file
   }
   size_t len = strlen(args->path);
   if (!(r->part_path = malloc(len + sizeof ".part"))) {
-    fail(r, SA_ENOMEM, "%s", "out of memory");
+    fail(r, SA_ENOMEM, "out of memory");
     finish(r);
     return;
   }
@@ -469,7 +482,7 @@ static void http_start(sa_call_t *call, uv_loop_t *loop, void *arg, bool to_file
   rc = uv_fs_open(loop, &r->fs, r->part_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644,
                   on_part_opened);
   if (rc < 0) {
-    fail(r, rc, "creating the file: %s", uv_strerror(rc));
+    fail_uv(r, rc, "creating the file");
     finish(r);
     return;
   }
@@ -492,7 +505,7 @@ static void http_cancel(sa_call_t *call, uv_loop_t *loop, void *arg) {
   (void)loop;
   if (!r)
     return;
-  fail(r, SA_ECANCELED, "%s", "stopped by the caller: cancelled, or its deadline passed");
+  fail(r, SA_ECANCELED, "stopped by the caller: cancelled, or its deadline passed");
   if (r->resolving)
     uv_cancel((uv_req_t *)&r->resolver); /* one not yet started stops now */
   finish(r);

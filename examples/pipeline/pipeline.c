@@ -104,7 +104,8 @@ static int plan(run_t *run) {
   return 0;
 }
 
-/* Start the current step, in `mode` as for sa_dispatch. */
+/* Start the current step with SA_MODE_AUTO: in sync context it blocks and
+ * returns the result, in async context it returns SA_PENDING and a future. */
 static int step_start(run_t *run, void **value, sa_future_t *future) {
   switch (run->step) {
   case FETCH:

@@ -2096,8 +2096,9 @@ const char *sa_strerror(int code) {
   }
   /* libuv's own codes (UV_EOF, UV_EAI_*): uv_strerror returns a static
    * string for those it knows, but leaks a fresh one for any other. */
+  static const char unknown[] = "Unknown system error";
   char probe[64];
-  if (strncmp(uv_strerror_r(code, probe, sizeof probe), "Unknown system error", 20) == 0)
+  if (strncmp(uv_strerror_r(code, probe, sizeof probe), unknown, sizeof unknown - 1) == 0)
     return "unknown error code";
   return uv_strerror(code);
 }
