@@ -295,20 +295,38 @@ static void async_teardown(void) {
 }
 
 static void sa_async_delivered(sa_future_t f, int status, void *value, void *data) {
+  (void)f;
   (void)value;
   (void)data;
   batch->delivered++;
   batch->failed += status != 0;
+}
+
+/* The result through a continuation given with the call: sa_dispatch_then. */
+static void sa_async_kick(uv_timer_t *timer) {
+  uv_close((uv_handle_t *)timer, NULL);
+  for (int i = 0; i < ASYNC_BATCH; i++) {
+    batch->args[i].start = batch->start;
+    if (sa_dispatch_then(&sa_bench_op, &batch->args[i], SA_MODE_AUTO, NULL,
+                         sa_async_delivered, NULL) != SA_PENDING)
+      batch->failed++;
+  }
+}
+
+static void sa_future_delivered(sa_future_t f, int status, void *value, void *data) {
+  sa_async_delivered(f, status, value, data);
   sa_future_release(f);
 }
 
-static void sa_async_kick(uv_timer_t *timer) {
+/* The result through a future: sa_dispatch, sa_future_then, and the
+ * release in the continuation. */
+static void sa_future_kick(uv_timer_t *timer) {
   uv_close((uv_handle_t *)timer, NULL);
   for (int i = 0; i < ASYNC_BATCH; i++) {
     sa_future_t f;
     batch->args[i].start = batch->start;
     if (sa_dispatch(&sa_bench_op, &batch->args[i], SA_MODE_AUTO, NULL, &f) != SA_PENDING ||
-        sa_future_then(f, sa_async_delivered, NULL) != 0)
+        sa_future_then(f, sa_future_delivered, NULL) != 0)
       batch->failed++;
   }
 }
@@ -338,6 +356,8 @@ __attribute__((noinline)) static int run_batch(uv_timer_cb kick, op_start_fn sta
 
 static int run_sa_async_inline(void) { return run_batch(sa_async_kick, inline_start); }
 static int run_sa_async_tick(void) { return run_batch(sa_async_kick, tick_start); }
+static int run_sa_future_inline(void) { return run_batch(sa_future_kick, inline_start); }
+static int run_sa_future_tick(void) { return run_batch(sa_future_kick, tick_start); }
 static int run_raw_async_inline(void) { return run_batch(raw_async_kick, inline_start); }
 static int run_raw_async_tick(void) { return run_batch(raw_async_kick, tick_start); }
 
@@ -380,6 +400,10 @@ const struct bench_case bench_cases[] = {
      async_setup, run_sa_async_inline, async_teardown},
     {"sa/async/tick", BENCH_ASYNC, "tick", "baseline/raw-async/tick", ASYNC_BATCH, 1,
      async_setup, run_sa_async_tick, async_teardown},
+    {"sa/async-future/inline", BENCH_ASYNC, "inline", "baseline/raw-async/inline", ASYNC_BATCH,
+     1, async_setup, run_sa_future_inline, async_teardown},
+    {"sa/async-future/tick", BENCH_ASYNC, "tick", "baseline/raw-async/tick", ASYNC_BATCH, 1,
+     async_setup, run_sa_future_tick, async_teardown},
 };
 
 const int bench_ncases = sizeof bench_cases / sizeof *bench_cases;

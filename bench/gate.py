@@ -24,7 +24,8 @@ import sys
 # Cases whose instructions and syscalls per call are counted.
 COUNTED = ["floor/direct-call", "baseline/cached-loop/inline", "baseline/cached-loop/tick",
            "baseline/raw-async/inline", "baseline/raw-async/tick",
-           "sa/sync/inline", "sa/sync/tick", "sa/async/inline", "sa/async/tick"]
+           "sa/sync/inline", "sa/sync/tick", "sa/async/inline", "sa/async/tick",
+           "sa/async-future/inline"]
 
 
 def list_cases(instr):

@@ -88,6 +88,20 @@ typedef void (*sa_continuation_cb)(sa_future_t future, int status,
 int sa_dispatch(const sa_op_t *op, void *arg, sa_mode_t mode,
                 void **value, sa_future_t *future);
 
+/* sa_dispatch for async code that wants the result in a callback: the
+ * continuation is given with the call, so there is no future to attach or
+ * release. The cheapest async call.
+ * Sync:  as sa_dispatch: returns the op's status, stores its value in
+ *        *value (if value is not NULL); `cb` is not called.
+ * Async: returns SA_PENDING; cb(SA_FUTURE_NULL, status, value, data) is
+ *        called exactly once, on the loop's thread, after this call has
+ *        returned [SA-ASYNC-5]. No handle names the call: it cannot be
+ *        cancelled or waited for, and a loop closed under it drops it
+ *        (SA_ECANCELED, cb not called) as it drops pending futures.
+ * Errors as for sa_dispatch; a NULL cb is SA_EINVAL. */
+int sa_dispatch_then(const sa_op_t *op, void *arg, sa_mode_t mode, void **value,
+                     sa_continuation_cb cb, void *data);
+
 /* Complete `call` with `status` (0 or negative) and `value`. Must be called
  * on the thread running the call's loop. Returns 0, SA_EALREADY if the call
  * was already completed, SA_EINVAL, or SA_EPERM from the wrong thread. */
