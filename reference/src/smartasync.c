@@ -1022,6 +1022,13 @@ static int pick_private(struct sa_thread *t, struct sa_private **out) {
   return SA_ELOOP;
 }
 
+/* Pick a private loop and put the thread in async context on it, to start
+ * calls there; the caller pops the scope. */
+static int enter_private(struct sa_thread *t, struct sa_private **out) {
+  int rc = pick_private(t, out);
+  return rc ? rc : scope_push(t, &(*out)->ctx);
+}
+
 /* Under sa_registry_mutex: the link to `loop`'s context in the registry,
  * pointing to NULL if it has none. */
 static struct sa_ctx **registry_link(uv_loop_t *loop) {
@@ -1314,12 +1321,11 @@ int sa_dispatch(const sa_op_t *op, void *arg, sa_mode_t mode, void **value,
 SA_COLD static int then_from_sync(struct sa_thread *t, const sa_op_t *op, void *arg,
                                   sa_continuation_cb cb, void *data) {
   struct sa_private *p;
-  int rc = pick_private(t, &p);
-  if (rc)
-    return rc;
-  scope_push(t, &p->ctx); /* cannot fail: no scope is open */
-  rc = run_then(t, &p->ctx, op, arg, cb, data);
-  scope_pop(t);
+  int rc = enter_private(t, &p);
+  if (rc == 0) {
+    rc = run_then(t, &p->ctx, op, arg, cb, data);
+    scope_pop(t);
+  }
   return rc;
 }
 
@@ -1380,12 +1386,11 @@ static int start_async(struct sa_thread *t, struct sa_ctx *ctx, const sa_op_t *o
 SA_COLD static int start_async_from_sync(struct sa_thread *t, const sa_op_t *op, void *arg,
                                          uint64_t deadline, sa_future_t *future) {
   struct sa_private *p;
-  int rc = pick_private(t, &p);
-  if (rc)
-    return rc;
-  scope_push(t, &p->ctx); /* cannot fail: no scope is open */
-  rc = start_async(t, &p->ctx, op, arg, deadline, future);
-  scope_pop(t);
+  int rc = enter_private(t, &p);
+  if (rc == 0) {
+    rc = start_async(t, &p->ctx, op, arg, deadline, future);
+    scope_pop(t);
+  }
   return rc;
 }
 
@@ -1396,8 +1401,8 @@ static int call_on_private(struct sa_thread *t, const sa_op_t *op, void *arg,
                            uint64_t deadline, void **value) {
   struct sa_private *p;
   sa_future_t f;
-  int rc = pick_private(t, &p);
-  if (rc == 0 && (rc = scope_push(t, &p->ctx)) == 0) {
+  int rc = enter_private(t, &p);
+  if (rc == 0) {
     rc = start_async(t, &p->ctx, op, arg, deadline, &f);
     scope_pop(t);
   }
