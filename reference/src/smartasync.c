@@ -154,8 +154,9 @@ struct sa_ctx {
 #define CALL_THEN 32u     /* sa_dispatch_then: no handle; the record is the
                              dispatcher's until its continuation is called */
 
-/* A sync call sets only owner, loop and flags (it lives on the caller's
- * stack for one call); an async call sets everything. */
+/* A sync call's record is its private loop's (owner and loop set once,
+ * flags per call); a call of sa_dispatch_then sets owner, flags and ctx;
+ * an async call with a future sets everything. */
 /* `owner` and `ctx` are atomic (relaxed: plain moves) because other
  * threads read them through future handles that may have gone stale. */
 struct sa_call {
@@ -1158,22 +1159,29 @@ static void sync_wait(struct sa_private *p, struct sa_call *call) {
   }
 }
 
+/* Run `op` to completion on private loop `p`, the thread in scope on it;
+ * returns the call's status and stores its value. */
+static inline int run_sync(struct sa_private *p, const sa_op_t *op, void *arg, void **value) {
+  p->call.flags = 0;
+  op->start(&p->call, &p->loop, arg);
+  if (SA_UNLIKELY(!(p->call.flags & CALL_COMPLETED)))
+    sync_wait(p, &p->call);
+  if (value)
+    *value = p->call.value;
+  return p->call.status;
+}
+
 /* A sync call needing another private loop than the first: nested in a
  * running loop, or the thread's first call. */
 SA_COLD static int run_sync_slow(struct sa_thread *t, const sa_op_t *op, void *arg,
                                  void **value) {
   struct sa_private *p;
-  int err = pick_private(t, &p);
-  if (err || (err = scope_push(t, &p->ctx)) != 0)
-    return err;
-  p->call.flags = 0;
-  op->start(&p->call, &p->loop, arg);
-  if (!(p->call.flags & CALL_COMPLETED))
-    sync_wait(p, &p->call);
-  scope_pop(t);
-  if (value)
-    *value = p->call.value;
-  return p->call.status;
+  int rc = enter_private(t, &p);
+  if (rc == 0) {
+    rc = run_sync(p, op, arg, value);
+    scope_pop(t);
+  }
+  return rc;
 }
 
 static int run_async(struct sa_thread *t, struct sa_ctx *ctx, const sa_op_t *op,
@@ -1212,9 +1220,6 @@ static int run_async(struct sa_thread *t, struct sa_ctx *ctx, const sa_op_t *op,
 static int start_async_from_sync(struct sa_thread *t, const sa_op_t *op, void *arg,
                                  uint64_t deadline, sa_future_t *future);
 
-/* run_async for sa_dispatch_then: the record has no handle, so it needs no
- * word, no wake-up handle (no other thread can name it) and, if the op
- * completes inside start, no place on the pending list. */
 static int run_then_refill(struct sa_thread *t, struct sa_ctx *ctx, const sa_op_t *op,
                            void *arg, sa_continuation_cb cb, void *data);
 
@@ -1224,6 +1229,9 @@ SA_COLD static int deliver_undeferred(struct sa_future_rec *r, int err) {
   return err;
 }
 
+/* run_async for sa_dispatch_then: the record has no handle, so it needs no
+ * word, no wake-up handle (no other thread can name it) and, if the op
+ * completes inside start, no place on the pending list. */
 static inline int run_then(struct sa_thread *t, struct sa_ctx *ctx, const sa_op_t *op,
                            void *arg, sa_continuation_cb cb, void *data) {
   /* rec_take(), with the refill out of line: no call before op->start
@@ -1301,17 +1309,12 @@ int sa_dispatch(const sa_op_t *op, void *arg, sa_mode_t mode, void **value,
    * instruction here shows in the benchmark's callgrind count. */
   struct sa_private *p = t->priv[0];
   if (SA_LIKELY((unsigned)mode < SA_MODE_ASYNC && t->depth == 0 && p != NULL)) {
-    p->call.flags = 0;
     t->scopes[0] = &p->ctx; /* in async context on p while the op runs */
     t->depth = 1;
-    op->start(&p->call, &p->loop, arg);
-    if (SA_UNLIKELY(!(p->call.flags & CALL_COMPLETED)))
-      sync_wait(p, &p->call);
+    int rc = run_sync(p, op, arg, value);
     /* The owner is t: reading it back keeps one register fewer live. */
     call_owner(&p->call)->depth = 0;
-    if (value)
-      *value = p->call.value;
-    return p->call.status;
+    return rc;
   }
   return dispatch_slow(t, op, arg, mode, value, future);
 }
@@ -1439,9 +1442,8 @@ int sa_dispatch_until(const sa_op_t *op, void *arg, sa_mode_t mode, uint64_t dea
   return dispatch_record(op, arg, mode, deadline, value, future);
 }
 
-/* A completion after op->start returned: wake the sync wait, or deliver.
- * Not inlined, so that sa_complete's inline path needs no stack frame. */
-SA_NOINLINE static void notify(struct sa_thread *t, sa_call_t *call) {
+/* A completion after op->start returned: wake the sync wait, or deliver. */
+static void notify(struct sa_thread *t, sa_call_t *call) {
   if (!(call->flags & CALL_ASYNC)) {
     uv_stop(call->loop); /* the sync wait checks at once */
     return;
@@ -1479,10 +1481,7 @@ SA_COLD static int complete_slow(struct sa_thread *t, sa_call_t *call, int statu
   call->flags |= CALL_COMPLETED;
   call->status = status;
   call->value = value;
-  if (!(call->flags & CALL_ASYNC))
-    uv_stop(call->loop); /* the sync wait checks at once */
-  else
-    notify(t, call);
+  notify(t, call);
   return 0;
 }
 
