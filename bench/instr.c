@@ -5,6 +5,7 @@
  * counts, divided by the difference in calls, which cancels set-up costs.
  *
  *   bench_instr CASE RUNS      (a case's calls per run: its batch)
+ *   bench_instr --all RUNS     every case in turn: the cases' own test
  *   bench_instr --list         name, kind, op, batch, baselines (tab-separated)
  */
 #include "cases.h"
@@ -12,6 +13,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* Returns the number of failed calls. */
+static int run_case(const struct bench_case *c, long runs) {
+  int failed = 0;
+  c->setup();
+  for (long i = 0; i < runs; i++)
+    failed += c->run();
+  c->teardown();
+  if (failed)
+    fprintf(stderr, "bench_instr: %s: %d failed calls\n", c->name, failed);
+  return failed;
+}
 
 int main(int argc, char **argv) {
   if (argc == 2 && strcmp(argv[1], "--list") == 0) {
@@ -23,23 +36,25 @@ int main(int argc, char **argv) {
     return 0;
   }
   if (argc != 3) {
-    fprintf(stderr, "usage: bench_instr CASE RUNS | --list\n");
+    fprintf(stderr, "usage: bench_instr CASE RUNS | --all RUNS | --list\n");
     return 2;
   }
+  char *end;
+  long runs = strtol(argv[2], &end, 10);
+  if (*end || runs < 0) {
+    fprintf(stderr, "bench_instr: bad count %s\n", argv[2]);
+    return 2;
+  }
+  if (strcmp(argv[1], "--all") == 0) {
+    int bad = 0;
+    for (int i = 0; i < bench_ncases; i++)
+      bad += run_case(&bench_cases[i], runs) != 0;
+    return bad != 0;
+  }
   const struct bench_case *c = bench_find(argv[1]);
-  long runs = strtol(argv[2], NULL, 10);
-  if (!c || runs < 0) {
+  if (!c) {
     fprintf(stderr, "bench_instr: no case %s\n", argv[1]);
     return 2;
   }
-  int failed = 0;
-  c->setup();
-  for (long i = 0; i < runs; i++)
-    failed += c->run();
-  c->teardown();
-  if (failed) {
-    fprintf(stderr, "bench_instr: %s: %d failed calls\n", c->name, failed);
-    return 1;
-  }
-  return 0;
+  return run_case(c, runs) != 0;
 }
