@@ -155,10 +155,8 @@ struct sa_ctx {
                              dispatcher's until its continuation is called */
 
 /* A sync call's record is its private loop's (owner and loop set once,
- * flags per call); a call of sa_dispatch_then sets flags and ctx; an async
- * call with a future sets everything else. A pool record's owner is the
- * thread whose cache it entered last (cache_refill, rec_recycle), which is
- * the thread that takes it from there. */
+ * flags per call); a call of sa_dispatch_then sets owner, flags and ctx;
+ * an async call with a future sets everything. */
 /* `owner` and `ctx` are atomic (relaxed: plain moves) because other
  * threads read them through future handles that may have gone stale. */
 struct sa_call {
@@ -339,7 +337,7 @@ static int pool_grow(void) {
   return 0;
 }
 
-/* Put `r`, owned by t, in t's cache; cache_trim() keeps it bounded. */
+/* Put `r` in t's cache; cache_trim() keeps the cache bounded. */
 static inline void cache_push(struct sa_thread *t, struct sa_future_rec *r) {
   r->next_free = t->free_head;
   t->free_head = r;
@@ -355,7 +353,6 @@ SA_COLD static int cache_refill(struct sa_thread *t) {
   for (unsigned n = 0; n < CACHE_REFILL && sa_pool_free; n++) {
     struct sa_future_rec *r = sa_pool_free;
     sa_pool_free = r->next_free;
-    atomic_store_explicit(&r->call.owner, t, memory_order_relaxed);
     cache_push(t, r);
   }
   pthread_mutex_unlock(&sa_pool_mutex);
@@ -410,7 +407,6 @@ static inline void cache_put(struct sa_thread *t, struct sa_future_rec *r) {
 static inline void rec_recycle(struct sa_future_rec *r) {
   struct sa_thread *t = &sa_self;
   set_exit_hook(t);
-  atomic_store_explicit(&r->call.owner, t, memory_order_relaxed);
   cache_put(t, r);
 }
 
@@ -556,8 +552,9 @@ static inline void deliver_then(struct sa_thread *t, struct sa_future_rec *r) {
   void *value = r->call.value;
   if (r->call.flags & CALL_NOTIFY)
     pending_unlink(call_ctx(&r->call), r);
-  /* t, the owner, took the record from its cache, so its exit hook is set.
-   * The caller trims the cache: on_drain once for all it delivers. */
+  /* Into the cache of t, the thread running the loop: the owner, unless
+   * another thread ran the loop since the call was made. The caller sets
+   * t's exit hook and trims the cache (on_drain once for all it delivers). */
   cache_push(t, r);
   cb(SA_FUTURE_NULL, status, value, data);
 }
@@ -566,6 +563,7 @@ static inline void deliver_then(struct sa_thread *t, struct sa_future_rec *r) {
 static void deliver(struct sa_future_rec *r) {
   if (r->call.flags & CALL_THEN) {
     struct sa_thread *t = &sa_self;
+    set_exit_hook(t);
     deliver_then(t, r);
     cache_trim(t);
   } else {
@@ -601,6 +599,7 @@ static void on_drain(uv_idle_t *idle) {
   ctx->drain_started = false;
   uv_idle_stop(idle);
   bool pushed = scope_for_callbacks(t, ctx);
+  set_exit_hook(t); /* records go back to t's cache */
   while (r) {
     struct sa_future_rec *next = r->next_deferred;
     if (r->call.flags & CALL_THEN)
@@ -1211,6 +1210,7 @@ static int run_async(struct sa_thread *t, struct sa_ctx *ctx, const sa_op_t *op,
   struct sa_future_rec *r = rec_alloc(t);
   if (SA_UNLIKELY(!r))
     return SA_ENOMEM;
+  atomic_store_explicit(&r->call.owner, t, memory_order_relaxed);
   r->call.loop = ctx->loop;
   r->call.flags = CALL_ASYNC;
   atomic_store_explicit(&r->call.ctx, ctx, memory_order_relaxed);
@@ -1259,6 +1259,7 @@ static inline int run_then(struct sa_thread *t, struct sa_ctx *ctx, const sa_op_
   t->free_count--;
   /* No loop, op or arg: only a cancel reads them, and without a handle
    * nothing can cancel this call. */
+  atomic_store_explicit(&r->call.owner, t, memory_order_relaxed);
   r->call.flags = CALL_ASYNC | CALL_THEN;
   atomic_store_explicit(&r->call.ctx, ctx, memory_order_relaxed);
   r->cont = cb;
