@@ -541,17 +541,24 @@ static inline __attribute__((always_inline)) void deliver_as(struct sa_future_re
     cb(handle_of(r, w), status, value, data);
 }
 
-/* Deliver a call of sa_dispatch_then. No handle names the record (its word
- * keeps W_FREE, so lookups miss it): it goes back to the cache before the
- * continuation runs, which may reuse it at once. A call completed inside
- * op->start was never on the pending list; one completed later was. */
+/* Take a completed call of sa_dispatch_then off the pending list, if it
+ * completed after op->start returned: one completed inside never was on it.
+ * Before it is queued for the drain, so that the drain need not look. */
+static inline void then_unpend(struct sa_future_rec *r) {
+  if (r->call.flags & CALL_NOTIFY) {
+    pending_unlink(call_ctx(&r->call), r);
+    r->call.flags &= ~CALL_NOTIFY;
+  }
+}
+
+/* Deliver a call of sa_dispatch_then, off the pending list. No handle names
+ * the record (its word keeps W_FREE, so lookups miss it): it goes back to
+ * the cache before the continuation runs, which may reuse it at once. */
 static inline void deliver_then(struct sa_thread *t, struct sa_future_rec *r) {
   sa_continuation_cb cb = r->cont;
   void *data = r->cont_data;
   int status = r->call.status;
   void *value = r->call.value;
-  if (r->call.flags & CALL_NOTIFY)
-    pending_unlink(call_ctx(&r->call), r);
   /* Into the cache of t, the thread running the loop: the owner, unless
    * another thread ran the loop since the call was made. The caller sets
    * t's exit hook and trims the cache (on_drain once for all it delivers). */
@@ -563,6 +570,7 @@ static inline void deliver_then(struct sa_thread *t, struct sa_future_rec *r) {
 static void deliver(struct sa_future_rec *r) {
   if (r->call.flags & CALL_THEN) {
     struct sa_thread *t = &sa_self;
+    then_unpend(r);
     set_exit_hook(t);
     deliver_then(t, r);
     cache_trim(t);
@@ -931,8 +939,7 @@ static void loop_teardown(struct sa_ctx *ctx) {
     uint64_t w;
     q = r->next_deferred;
     if (r->call.flags & CALL_THEN) {
-      if (!(r->call.flags & CALL_NOTIFY))
-        rec_recycle(r); /* completed inside op->start, never pending */
+      rec_recycle(r); /* a queued then-call is never pending */
     } else if (atomic_load_explicit(&r->word, memory_order_relaxed) & W_DONE) {
       unqueue_late(r, &w); /* late continuation dropped with its loop */
     }
@@ -1469,7 +1476,13 @@ static void notify(struct sa_thread *t, sa_call_t *call) {
   }
   struct sa_future_rec *r = (struct sa_future_rec *)call;
   struct sa_ctx *ctx = call_ctx(call);
-  if (top_ctx(t) == ctx || defer(ctx, r) != 0)
+  if (top_ctx(t) == ctx) {
+    deliver(r);
+    return;
+  }
+  if (call->flags & CALL_THEN)
+    then_unpend(r);
+  if (defer(ctx, r) != 0)
     deliver(r);
 }
 
