@@ -181,11 +181,18 @@ def main():
               f"{verdict:>8}  {ratio_text}")
 
     if counts:
-        print(f"\n{'hot path':34} {'instructions/call':>18} {'syscalls/call':>14}")
+        print(f"\n{'hot path':34} {'instructions/call':>18} {'syscalls/call':>14}  "
+              "over its first counted baseline")
         for name, c in counts.items():
             sc = c["syscalls_per_call"]
+            base = next((b for b in cases[name]["compare"] if b in counts), None)
+            over = ""
+            if base:
+                extra = c["instructions_per_call"] - counts[base]["instructions_per_call"]
+                out_cases[name]["instructions_over_baseline"] = {"baseline": base, "value": extra}
+                over = f"{extra:+.0f} over {base}"
             print(f"{name:34} {c['instructions_per_call']:>18.0f} "
-                  f"{'-' if sc is None else f'{sc:.2f}':>14}")
+                  f"{'-' if sc is None else f'{sc:.2f}':>14}  {over}")
     scaled = {n: e["throughput_scaling"] for n, e in out_cases.items() if "throughput_scaling" in e}
     if scaled:
         print("\nthroughput with threads, relative to one thread (no shared lock: ~N x, "
