@@ -128,9 +128,14 @@ struct sa_ctx {
   uv_loop_t *loop;
   unsigned waiting;      /* future waits driving it: deliveries stop it */
   bool drain_ready;      /* `drain` initialised */
-  bool drain_started;    /* `drain` active: the deferred queue is not empty */
-  uv_idle_t drain;       /* delivers the deferred queue */
-  struct sa_future_rec *deferred_head, *deferred_tail;
+  bool drain_started;    /* `drain` active: a queue below is not empty */
+  uv_idle_t drain;       /* delivers the queues: the then-queue first */
+  /* Completed calls of sa_dispatch_then, linked through next_free so that,
+   * delivered, they join the cache in one splice. Everything on it was
+   * queued before everything on the deferred queue: then_tail is NULL
+   * while that queue is not empty, and later then-calls queue there. */
+  struct sa_future_rec *then_head, *then_tail;
+  struct sa_future_rec *deferred_head, *deferred_tail; /* the rest */
   struct sa_future_rec *pending; /* undelivered async calls */
   unsigned npending;
   /* Messages from other threads, woken by `wakeup` (unreferenced unless
@@ -176,7 +181,7 @@ struct sa_future_rec {
   struct sa_deadline *deadline; /* armed deadline timer, else NULL */
   _Atomic uint64_t word; /* generation << 32 | W_* flags */
   uint32_t index;
-  struct sa_future_rec *next_free; /* in the pool or a thread's cache */
+  struct sa_future_rec *next_free; /* in the pool, a thread's cache or a then-queue */
   sa_continuation_cb cont;
   void *cont_data;
   struct sa_future_rec *next_deferred;
@@ -599,15 +604,47 @@ static inline bool scope_for_callbacks(struct sa_thread *t, struct sa_ctx *ctx) 
   return top_ctx(t) != ctx && scope_push(t, ctx) == 0;
 }
 
+/* End the then-queue: what is queued next goes on the deferred queue. */
+static inline void then_close(struct sa_ctx *ctx) {
+  if (ctx->then_tail) {
+    ctx->then_tail->next_free = NULL;
+    ctx->then_tail = NULL;
+  }
+}
+
+/* Deliver a closed then-queue, in order, then put its records in t's cache
+ * at once: they are linked already. The cost per call is the continuation's
+ * call and little more, so the loop below is the async hot path's. */
+static inline void deliver_then_queue(struct sa_thread *t, struct sa_future_rec *first) {
+  struct sa_future_rec *r = first;
+  unsigned n = 1;
+  for (;;) {
+    struct sa_future_rec *next = r->next_free;
+    r->cont(SA_FUTURE_NULL, r->call.status, r->call.value, r->cont_data);
+    if (!next)
+      break;
+    r = next;
+    n++;
+  }
+  r->next_free = t->free_head;
+  t->free_head = first;
+  t->free_count += n;
+}
+
 static void on_drain(uv_idle_t *idle) {
   struct sa_ctx *ctx = idle->data;
   struct sa_thread *t = &sa_self;
+  then_close(ctx);
+  struct sa_future_rec *then = ctx->then_head;
   struct sa_future_rec *r = ctx->deferred_head;
+  ctx->then_head = NULL;
   ctx->deferred_head = ctx->deferred_tail = NULL;
   ctx->drain_started = false;
   uv_idle_stop(idle);
   bool pushed = scope_for_callbacks(t, ctx);
   set_exit_hook(t); /* records go back to t's cache */
+  if (then)
+    deliver_then_queue(t, then);
   while (r) {
     struct sa_future_rec *next = r->next_deferred;
     if (r->call.flags & CALL_THEN)
@@ -642,6 +679,7 @@ SA_COLD static int defer_first(struct sa_ctx *ctx, struct sa_future_rec *r) {
     if (err)
       return err;
   }
+  then_close(ctx); /* then-calls queued from now on come after r */
   ctx->deferred_head = ctx->deferred_tail = r;
   return 0;
 }
@@ -654,6 +692,31 @@ static inline int defer(struct sa_ctx *ctx, struct sa_future_rec *r) {
     return defer_first(ctx, r);
   ctx->deferred_tail->next_deferred = r;
   ctx->deferred_tail = r;
+  return 0;
+}
+
+/* defer() for a then-call while the then-queue is closed: empty, or behind
+ * the deferred queue. */
+SA_COLD static int defer_then_first(struct sa_ctx *ctx, struct sa_future_rec *r) {
+  if (ctx->deferred_tail)
+    return defer(ctx, r);
+  if (!ctx->drain_started) {
+    int err = drain_start(ctx);
+    if (err)
+      return err;
+  }
+  ctx->then_head = ctx->then_tail = r;
+  return 0;
+}
+
+/* defer() for a completed call of sa_dispatch_then. The then-queue ends
+ * where then_tail points: its last link is set when it closes. */
+static inline int defer_then(struct sa_ctx *ctx, struct sa_future_rec *r) {
+  struct sa_future_rec *tail = ctx->then_tail;
+  if (SA_UNLIKELY(!tail))
+    return defer_then_first(ctx, r);
+  tail->next_free = r;
+  ctx->then_tail = r;
   return 0;
 }
 
@@ -932,7 +995,15 @@ static void private_to_spares(struct sa_private *p) {
 static void loop_teardown(struct sa_ctx *ctx) {
   ctx_retire(ctx);
   struct sa_future_rec *released = NULL;
-  struct sa_future_rec *q = ctx->deferred_head;
+  then_close(ctx);
+  struct sa_future_rec *q = ctx->then_head;
+  ctx->then_head = NULL;
+  while (q) {
+    struct sa_future_rec *r = q;
+    q = r->next_free;
+    rec_recycle(r);
+  }
+  q = ctx->deferred_head;
   ctx->deferred_head = ctx->deferred_tail = NULL;
   while (q) {
     struct sa_future_rec *r = q;
@@ -1147,7 +1218,7 @@ int sa_loop_close(uv_loop_t *loop) {
   struct sa_ctx *ctx = *link;
   if (ctx) {
     if (atomic_load_explicit(&ctx->running, memory_order_relaxed) ||
-        ctx->npending || ctx->deferred_head) {
+        ctx->npending || ctx->then_head || ctx->deferred_head) {
       pthread_mutex_unlock(&sa_registry_mutex);
       return SA_EBUSY;
     }
@@ -1276,7 +1347,7 @@ static inline int run_then(struct sa_thread *t, struct sa_ctx *ctx, const sa_op_
    * instructions less). */
   ctx = call_ctx(&r->call);
   if (SA_LIKELY(r->call.flags & CALL_COMPLETED)) {
-    int err = defer(ctx, r);
+    int err = defer_then(ctx, r);
     if (SA_UNLIKELY(err))
       return deliver_undeferred(r, err);
   } else {
@@ -1480,9 +1551,14 @@ static void notify(struct sa_thread *t, sa_call_t *call) {
     deliver(r);
     return;
   }
-  if (call->flags & CALL_THEN)
+  int err;
+  if (call->flags & CALL_THEN) {
     then_unpend(r);
-  if (defer(ctx, r) != 0)
+    err = defer_then(ctx, r);
+  } else {
+    err = defer(ctx, r);
+  }
+  if (err)
     deliver(r);
 }
 
