@@ -1,7 +1,9 @@
-/* SA-ASYNC-*: async mode, each requirement the three ways. */
+/* SA-ASYNC-*: async mode, each requirement the three ways an op can
+ * complete (SA-ASYNC-6 is about inline completions alone). */
 #include "sa_test.h"
 
 #include <criterion/criterion.h>
+#include <string.h>
 
 /* Per way: what happened around one async call made in a loop callback. */
 struct async_case {
@@ -157,5 +159,76 @@ Test(SA_ASYNC_4, result_is_the_ops) {
       cr_assert_eq(value, &marker, "SA-ASYNC-4 (%s): future value differs", w);
     }
     release_all(&s);
+  }
+}
+
+/* SA-ASYNC-6: calls made one after another in one callback, each completing
+ * inline, taken by sa_dispatch_then ('T') or through a future ('F') in the
+ * order a pattern gives; each continuation notes its call's index. */
+#define ORDER_MAX 16
+
+struct order_item {
+  struct value_req req;
+  struct order_run *run;
+  int index;
+  sa_future_t f;
+  int rc;
+};
+
+struct order_run {
+  const char *pattern;
+  struct order_item item[ORDER_MAX];
+  int delivered[ORDER_MAX];
+  int ndelivered;
+  int failed; /* calls or attachments that did not return what they must */
+};
+
+static void order_cont(sa_future_t future, int status, void *value, void *data) {
+  (void)future;
+  (void)status;
+  (void)value;
+  struct order_item *it = data;
+  struct order_run *o = it->run;
+  if (o->ndelivered < ORDER_MAX)
+    o->delivered[o->ndelivered] = it->index;
+  o->ndelivered++;
+}
+
+static void order_in_loop(uv_loop_t *loop, void *data) {
+  (void)loop;
+  struct order_run *o = data;
+  for (int i = 0; o->pattern[i]; i++) {
+    struct order_item *it = &o->item[i];
+    *it = (struct order_item){.req = {.when = SA_TEST_INLINE}, .run = o, .index = i};
+    if (o->pattern[i] == 'T') {
+      it->rc = sa_dispatch_then(&value_op, &it->req, SA_MODE_ASYNC, NULL, order_cont, it);
+    } else {
+      it->rc = sa_dispatch(&value_op, &it->req, SA_MODE_ASYNC, NULL, &it->f);
+      if (it->rc == SA_PENDING && sa_future_then(it->f, order_cont, it) != 0)
+        o->failed++;
+    }
+    if (it->rc != SA_PENDING)
+      o->failed++;
+  }
+}
+
+Test(SA_ASYNC_6, inline_completions_delivered_in_call_order) {
+  /* Each kind alone, then mixed: every change of kind in both directions,
+   * and runs of each. */
+  const char *patterns[] = {"TTTTTTTT", "FFFFFFFF", "TFTTFFFTTTFT", "FTTTFTFF"};
+  for (size_t k = 0; k < sizeof patterns / sizeof *patterns; k++) {
+    struct order_run o = {.pattern = patterns[k]};
+    int n = (int)strlen(o.pattern);
+    sa_test_in_loop(order_in_loop, &o);
+    cr_assert_eq(o.failed, 0, "SA-ASYNC-6 (%s): %d calls failed", o.pattern, o.failed);
+    cr_assert_eq(o.ndelivered, n, "SA-ASYNC-6 (%s): %d of %d calls delivered", o.pattern,
+                 o.ndelivered, n);
+    for (int i = 0; i < n; i++)
+      cr_assert_eq(o.delivered[i], i,
+                   "SA-ASYNC-6 (%s): delivery %d was call %d's (calls deliver in the order made)",
+                   o.pattern, i, o.delivered[i]);
+    for (int i = 0; i < n; i++)
+      if (o.pattern[i] == 'F')
+        cr_assert_eq(sa_future_release(o.item[i].f), 0);
   }
 }
