@@ -162,14 +162,15 @@ struct sa_ctx {
 /* A sync call's record is its private loop's (owner and loop set once,
  * flags per call); a call of sa_dispatch_then sets owner, flags and ctx;
  * an async call with a future sets everything. */
-/* `owner` and `ctx` are atomic (relaxed: plain moves) because other
- * threads read them through future handles that may have gone stale. */
+/* `owner`, `ctx`, `status` and `value` are atomic (relaxed: plain moves)
+ * because other threads read them through future handles that may have
+ * gone stale, the record reused meanwhile [result_of()]. */
 struct sa_call {
   _Atomic(struct sa_thread *) owner;
   uv_loop_t *loop;
   unsigned flags;
-  int status;
-  void *value;
+  _Atomic int status;
+  _Atomic(void *) value;
   _Atomic(struct sa_ctx *) ctx;
   const sa_op_t *op;
   void *arg;
@@ -216,6 +217,23 @@ static inline struct sa_thread *call_owner(const struct sa_call *call) {
 
 static inline struct sa_ctx *call_ctx(const struct sa_call *call) {
   return atomic_load_explicit(&call->ctx, memory_order_relaxed);
+}
+
+static inline int call_status(const struct sa_call *call) {
+  return atomic_load_explicit(&call->status, memory_order_relaxed);
+}
+
+static inline void *call_value(const struct sa_call *call) {
+  return atomic_load_explicit(&call->value, memory_order_relaxed);
+}
+
+/* Store the call's result. The fence pairs with result_of()'s: a reader of
+ * a stale handle that sees this result also sees the record's new
+ * generation, and answers SA_ESTALE (on x86, both fences are free). */
+static inline void call_settle(struct sa_call *call, int status, void *value) {
+  atomic_thread_fence(memory_order_release);
+  atomic_store_explicit(&call->status, status, memory_order_relaxed);
+  atomic_store_explicit(&call->value, value, memory_order_relaxed);
 }
 
 /* initial-exec: a TLS read costs a few instructions even in a shared
@@ -376,13 +394,17 @@ SA_COLD static void cache_spill(struct sa_thread *t, unsigned keep) {
   pthread_mutex_unlock(&sa_pool_mutex);
 }
 
-/* A record from this thread's cache; its word still says W_FREE. */
+/* A record from this thread's cache; its word still says W_FREE. Readers
+ * of stale handles may have read its last result [result_of()]: helgrind
+ * and DRD, which see no atomics, are told that the reuse comes after those
+ * reads. One that races the reuse itself they still report. */
 static inline struct sa_future_rec *rec_take(struct sa_thread *t) {
   if (SA_UNLIKELY(t->free_count == 0) && cache_refill(t) != 0)
     return NULL;
   struct sa_future_rec *r = t->free_head;
   t->free_head = r->next_free;
   t->free_count--;
+  SA_HAPPENS_AFTER(&r->word);
   return r;
 }
 
@@ -532,8 +554,8 @@ static inline __attribute__((always_inline)) void deliver_as(struct sa_future_re
   /* Read everything before the record can change hands. */
   sa_continuation_cb cb = r->cont;
   void *data = r->cont_data;
-  int status = r->call.status;
-  void *value = r->call.value;
+  int status = call_status(&r->call);
+  void *value = call_value(&r->call);
   uint64_t w = mark_done(r, held ? W_DONE | W_HELD : W_DONE, held);
   if (ctx->waiting)
     uv_stop(ctx->loop); /* a future wait drives this loop: let it look */
@@ -562,8 +584,8 @@ static inline void then_unpend(struct sa_future_rec *r) {
 static inline void deliver_then(struct sa_thread *t, struct sa_future_rec *r) {
   sa_continuation_cb cb = r->cont;
   void *data = r->cont_data;
-  int status = r->call.status;
-  void *value = r->call.value;
+  int status = call_status(&r->call);
+  void *value = call_value(&r->call);
   /* Into the cache of t, the thread running the loop: the owner, unless
    * another thread ran the loop since the call was made. The caller sets
    * t's exit hook and trims the cache (on_drain once for all it delivers). */
@@ -595,7 +617,7 @@ static bool unqueue_late(struct sa_future_rec *r, uint64_t *word) {
 static void run_late_continuation(struct sa_future_rec *r) {
   uint64_t w;
   if (unqueue_late(r, &w))
-    r->cont(handle_of(r, w), r->call.status, r->call.value, r->cont_data);
+    r->cont(handle_of(r, w), call_status(&r->call), call_value(&r->call), r->cont_data);
 }
 
 /* Run callbacks for `ctx` in async context on it, also when the application
@@ -620,7 +642,7 @@ static inline void deliver_then_queue(struct sa_thread *t, struct sa_future_rec 
   unsigned n = 1;
   for (;;) {
     struct sa_future_rec *next = r->next_free;
-    r->cont(SA_FUTURE_NULL, r->call.status, r->call.value, r->cont_data);
+    r->cont(SA_FUTURE_NULL, call_status(&r->call), call_value(&r->call), r->cont_data);
     if (!next)
       break;
     r = next;
@@ -748,8 +770,7 @@ static void time_out(struct sa_future_rec *r) {
   if (r->deadline)
     deadline_disarm(r);
   r->call.flags |= CALL_TIMED_OUT;
-  r->call.status = SA_ETIMEDOUT;
-  r->call.value = NULL;
+  call_settle(&r->call, SA_ETIMEDOUT, NULL);
   if (r->call.op->cancel) {
     r->call.op->cancel(&r->call, r->call.loop, r->call.arg);
     return;
@@ -1020,10 +1041,8 @@ static void loop_teardown(struct sa_ctx *ctx) {
     pending_unlink(ctx, r);
     if (r->deadline)
       deadline_disarm(r);
-    if (!(r->call.flags & (CALL_COMPLETED | CALL_TIMED_OUT))) {
-      r->call.status = SA_ECANCELED;
-      r->call.value = NULL;
-    }
+    if (!(r->call.flags & (CALL_COMPLETED | CALL_TIMED_OUT)))
+      call_settle(&r->call, SA_ECANCELED, NULL);
     r->call.flags |= CALL_COMPLETED;
     /* Ops may still call sa_complete on it while the loop drains: keep a
      * released record out of the pool until then. */
@@ -1247,8 +1266,7 @@ static void sync_wait(struct sa_private *p, struct sa_call *call) {
     /* uv_run returns 0 when nothing is left that could complete the call. */
     if (uv_run(&p->loop, UV_RUN_DEFAULT) == 0 && !(call->flags & CALL_COMPLETED)) {
       call->flags |= CALL_COMPLETED;
-      call->status = SA_EDEADLK;
-      call->value = NULL;
+      call_settle(call, SA_EDEADLK, NULL);
     }
   }
 }
@@ -1261,8 +1279,8 @@ static inline int run_sync(struct sa_private *p, const sa_op_t *op, void *arg, v
   if (SA_UNLIKELY(!(p->call.flags & CALL_COMPLETED)))
     sync_wait(p, &p->call);
   if (value)
-    *value = p->call.value;
-  return p->call.status;
+    *value = call_value(&p->call);
+  return call_status(&p->call);
 }
 
 /* A sync call needing another private loop than the first: nested in a
@@ -1335,6 +1353,7 @@ static inline int run_then(struct sa_thread *t, struct sa_ctx *ctx, const sa_op_
     return run_then_refill(t, ctx, op, arg, cb, data);
   t->free_head = r->next_free;
   t->free_count--;
+  SA_HAPPENS_AFTER(&r->word); /* as rec_take() */
   /* No loop, op or arg: only a cancel reads them, and without a handle
    * nothing can cancel this call. */
   atomic_store_explicit(&r->call.owner, t, memory_order_relaxed);
@@ -1587,8 +1606,7 @@ SA_COLD static int complete_slow(struct sa_thread *t, sa_call_t *call, int statu
   if (call->flags & (CALL_COMPLETED | CALL_TIMED_OUT))
     return complete_timed_out(t, call);
   call->flags |= CALL_COMPLETED;
-  call->status = status;
-  call->value = value;
+  call_settle(call, status, value);
   notify(t, call);
   return 0;
 }
@@ -1604,8 +1622,7 @@ int sa_complete(sa_call_t *call, int status, void *value) {
     return complete_slow(t, call, status, value);
   /* Inside op->start: the dispatcher looks when it returns. */
   call->flags = flags | CALL_COMPLETED;
-  call->status = status;
-  call->value = value;
+  call_settle(call, status, value);
   return 0;
 }
 
@@ -1691,9 +1708,12 @@ int sa_call_blocking(sa_blocking_fn fn, void *arg, sa_mode_t mode, void **value,
 
 static int result_of(struct sa_future_rec *r, sa_future_t f, void **value) {
   SA_HAPPENS_AFTER(&r->word); /* the caller saw W_DONE */
-  int status = r->call.status;
-  void *v = r->call.value;
-  uint64_t w = atomic_load_explicit(&r->word, memory_order_acquire);
+  int status = call_status(&r->call);
+  void *v = call_value(&r->call);
+  /* Read the result before the word again [call_settle()]. */
+  atomic_thread_fence(memory_order_acquire);
+  SA_HAPPENS_BEFORE(&r->word); /* before the record's reuse [rec_take()] */
+  uint64_t w = atomic_load_explicit(&r->word, memory_order_relaxed);
   if (W_GEN(w) != (uint32_t)(f.id >> 32))
     return SA_ESTALE; /* released while we looked */
   if (value)
