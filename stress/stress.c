@@ -626,8 +626,8 @@ static void scenario_futures(void) {
 
 /* Owners run loops and start calls, some with deadlines of 0-2 ms that race
  * their completion; cancellers on other threads read and cancel those
- * futures by handle (often stale by then) while they complete. Every call must end
- * exactly once: one completion, one delivery. */
+ * futures by handle (often stale by then) while they complete. Every call
+ * must end exactly once: one completion, one delivery. */
 #define RING 256
 
 static struct {
@@ -720,8 +720,8 @@ static void *canceller_thread(void *arg) {
     /* The handle may be stale, its record reused by its owner meanwhile: a
      * result read through it is one call's, status and value alike. Such a
      * read races the reuse by design (a seqlock: read, then check the
-     * generation), which only TSan, seeing atomics, can tell from a bug:
-     * helgrind and DRD do not get it. */
+     * generation). TSan, seeing atomics, tells that from a bug; helgrind
+     * and DRD cannot, and are not given it. */
     int rc;
     if (!RUNNING_ON_VALGRIND) {
       void *value = NULL;
