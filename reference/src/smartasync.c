@@ -682,8 +682,11 @@ static void on_drain(uv_idle_t *idle) {
     scope_pop(t);
 }
 
+/* Start the drain, unless a queue already has. */
 SA_COLD static int drain_start(struct sa_ctx *ctx) {
   int err = 0;
+  if (ctx->drain_started)
+    return 0;
   if (!ctx->drain_ready) {
     if ((err = uv_idle_init(ctx->loop, &ctx->drain)) != 0)
       return err;
@@ -696,11 +699,9 @@ SA_COLD static int drain_start(struct sa_ctx *ctx) {
 }
 
 SA_COLD static int defer_first(struct sa_ctx *ctx, struct sa_future_rec *r) {
-  if (!ctx->drain_started) {
-    int err = drain_start(ctx);
-    if (err)
-      return err;
-  }
+  int err = drain_start(ctx);
+  if (err)
+    return err;
   then_close(ctx); /* then-calls queued from now on come after r */
   ctx->deferred_head = ctx->deferred_tail = r;
   return 0;
@@ -722,11 +723,9 @@ static inline int defer(struct sa_ctx *ctx, struct sa_future_rec *r) {
 SA_COLD static int defer_then_first(struct sa_ctx *ctx, struct sa_future_rec *r) {
   if (ctx->deferred_tail)
     return defer(ctx, r);
-  if (!ctx->drain_started) {
-    int err = drain_start(ctx);
-    if (err)
-      return err;
-  }
+  int err = drain_start(ctx);
+  if (err)
+    return err;
   ctx->then_head = ctx->then_tail = r;
   return 0;
 }
