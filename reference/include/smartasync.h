@@ -82,8 +82,9 @@ typedef void (*sa_continuation_cb)(sa_future_t future, int status,
 /* Call `op` with `arg` in `mode`.
  * Sync:  returns the op's status (0 or negative) and stores its value in
  *        *value (if value is not NULL); *future, if given, is set to null.
- * Async: returns SA_PENDING and stores the future in *future, which is
- *        required for SA_MODE_AUTO and SA_MODE_ASYNC.
+ * Async: returns SA_PENDING, stores the future in *future, which is
+ *        required for SA_MODE_AUTO and SA_MODE_ASYNC, and sets *value (if
+ *        value is not NULL) to NULL [SA-ENTRY-3].
  * Dispatcher errors (SA_EINVAL, SA_ENOMEM, SA_ELOOP) mean the op did not start. */
 int sa_dispatch(const sa_op_t *op, void *arg, sa_mode_t mode,
                 void **value, sa_future_t *future);
@@ -96,15 +97,16 @@ int sa_dispatch(const sa_op_t *op, void *arg, sa_mode_t mode,
  * Async: returns SA_PENDING; cb(SA_FUTURE_NULL, status, value, data) is
  *        called exactly once, on the loop's thread, after this call has
  *        returned [SA-ASYNC-5]. No handle names the call: it cannot be
- *        cancelled or waited for, and a loop closed under it drops it
- *        (SA_ECANCELED, cb not called) as it drops pending futures.
+ *        cancelled or waited for. If its thread exits first, cb gets
+ *        SA_ECANCELED then, on that thread [SA-THR-2].
  * Errors as for sa_dispatch; a NULL cb is SA_EINVAL. */
 int sa_dispatch_then(const sa_op_t *op, void *arg, sa_mode_t mode, void **value,
                      sa_continuation_cb cb, void *data);
 
 /* Complete `call` with `status` (0 or negative) and `value`. Must be called
  * on the thread running the call's loop. Returns 0, SA_EALREADY if the call
- * was already completed, SA_EINVAL, or SA_EPERM from the wrong thread. */
+ * was already completed, SA_EPERM from the wrong thread, or SA_EINVAL (a
+ * NULL call, or a positive status: the call stays pending) [SA-OP-2]. */
 int sa_complete(sa_call_t *call, int status, void *value);
 
 /* ---- context ----------------------------------------------------------- */
@@ -128,13 +130,17 @@ int sa_leave(uv_loop_t *loop);
 /* Release what the dispatcher keeps on an application loop, then
  * uv_loop_close() it. SA_EBUSY while calls on it are pending or it is
  * running [SA-LOOP-2]. Use it instead of uv_loop_close() for any loop the
- * dispatcher has run. */
+ * dispatcher has run. A closed loop is refused by sa_run, sa_enter and
+ * sa_loop_close with SA_EINVAL until uv_loop_init makes it new
+ * [SA-LOOP-3]. */
 int sa_loop_close(uv_loop_t *loop);
 
 /* Free the calling thread's private loops now rather than at thread exit
  * (for the main thread, whose thread-exit hooks do not run at exit()).
- * Pending calls on them are settled with SA_ECANCELED. Must be called in
- * sync context (else SA_EBUSY). */
+ * Pending calls on them get their op's cancel hook and are waited for (ops
+ * without a hook are not); every call not yet delivered is then delivered,
+ * with SA_ECANCELED unless its op completed, to its continuation and future
+ * [SA-THR-2]. Must be called in sync context (else SA_EBUSY). */
 int sa_thread_cleanup(void);
 
 /* ---- futures [SA-FUT-*] ------------------------------------------------ */
@@ -162,8 +168,9 @@ int sa_future_wait(sa_future_t future, void **value);
 int sa_future_cancel(sa_future_t future);
 
 /* Give the future back. A pending call runs on, its result is dropped and
- * its continuation is not called. Any thread; the second release of a
- * handle is SA_ESTALE. */
+ * its continuation is not called. Any thread. From then on every use of the
+ * handle, the second release included, is SA_ESTALE, and a wait in progress
+ * on it returns [SA-FUT-6]. */
 int sa_future_release(sa_future_t future);
 
 /* ---- deadlines [SA-DL-*] ----------------------------------------------- */
@@ -233,11 +240,12 @@ int sa_home_start(sa_home_t **home);
 int sa_home_call(sa_home_t *home, const sa_op_t *op, void *arg, sa_mode_t mode,
                  void **value, sa_future_t *future);
 
-/* Stop the home: calls queued or in flight get their op's cancel hook and
- * then SA_ECANCELED if still pending, none is lost or answered twice; the
- * thread and the loop are freed. Calls that arrive meanwhile get
- * SA_ECANCELED. Not from the home thread (SA_EDEADLK); `home` is invalid
- * on return, and no call may be made with it after. */
+/* Stop the home: calls in flight get their op's cancel hook and are waited
+ * for (ops without a hook are not), then every call not finished gets
+ * SA_ECANCELED; none is lost or answered twice; the thread and the loop are
+ * freed. Calls that arrive meanwhile get SA_ECANCELED. Not from the home
+ * thread (SA_EDEADLK); `home` is invalid on return, and no call may be made
+ * with it after. */
 int sa_home_stop(sa_home_t *home);
 
 /* ---- blocking functions [SA-BLK-*] ------------------------------------- */
