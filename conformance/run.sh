@@ -38,8 +38,12 @@ fork="$2"
 mkdir -p "$out"
 rm -f "$out"/*.tap "$out"/*.log
 
+# Every test process aborts itself past SA_TEST_TIMEOUT seconds (its
+# watchdog, sa_test.c): Criterion reports it by name and runs the others.
+# The whole run has a hard limit too, in case the runner itself is stuck.
 runner=""
-timeout=30
+SA_TEST_TIMEOUT=30
+run_limit=900
 if [ "$valgrind" = 1 ]; then
   # Each Criterion test runs in a child process: trace children. Leaks of
   # the definite and indirect kinds are errors; "still reachable" is not
@@ -47,13 +51,15 @@ if [ "$valgrind" = 1 ]; then
   runner="valgrind --quiet --trace-children=yes --leak-check=full \
 --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect \
 --error-exitcode=99 --log-file=$out/valgrind.%p.log"
-  timeout=180
+  SA_TEST_TIMEOUT=300
+  run_limit=3600
 fi
+export SA_TEST_TIMEOUT
 
-$runner "$suite" --tap="$out/suite.tap" --timeout "$timeout" --always-succeed \
+timeout -k 10 "$run_limit" $runner "$suite" --tap="$out/suite.tap" --always-succeed \
   >"$out/suite.log" 2>&1
 suite_rc=$?
-$runner "$fork" >"$out/fork.tap" 2>"$out/fork.log"
+timeout -k 10 "$((SA_TEST_TIMEOUT * 2))" $runner "$fork" >"$out/fork.tap" 2>"$out/fork.log"
 fork_rc=$?
 
 valgrind_errors=0
@@ -123,6 +129,10 @@ fi
 if [ "$suite_rc" -ne 0 ]; then
   echo "suite exited with status $suite_rc; see $out/suite.log"
 fi
+if grep -q "^watchdog:" "$out/suite.log"; then
+  echo "tests stopped by their watchdog (hung past ${SA_TEST_TIMEOUT} s):"
+  grep "CRASH" "$out/suite.log" | sed 's/^/  /'
+fi
 for id in $failed_ids; do
   grep "^not ok.* - $(echo "$id" | tr '-' '_')::" "$out/suite.tap" "$out/fork.tap" \
     | sed 's/^[^:]*:/  /'
@@ -135,7 +145,8 @@ python3 "$(dirname "$0")/../ci/junit.py" conformance --spec "$spec" --out "$out/
   "$out/suite.tap" "$out/fork.tap" || { echo "run.sh: could not write $out/junit.xml" >&2; exit 2; }
 
 ok=1
-[ "$req_fail" -eq 0 ] && [ -z "$unknown" ] && [ "$valgrind_errors" -eq 0 ] || ok=0
+[ "$req_fail" -eq 0 ] && [ -z "$unknown" ] && [ "$valgrind_errors" -eq 0 ] &&
+  [ "$suite_rc" -eq 0 ] || ok=0
 
 if [ -n "$expect" ]; then
   case " $failed_ids " in

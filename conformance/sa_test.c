@@ -2,9 +2,15 @@
 
 #include <criterion/criterion.h>
 #include <dirent.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <time.h>
 
 int value_op_completions;
+atomic_int value_op_handles;
 const sa_test_when sa_test_whens[3] = {SA_TEST_INLINE, SA_TEST_NEXT_TICK,
                                        SA_TEST_LATER};
 
@@ -28,7 +34,10 @@ struct value_call {
   struct value_req *req;
 };
 
-static void free_value_call(uv_handle_t *handle) { free(handle->data); }
+static void free_value_call(uv_handle_t *handle) {
+  free(handle->data);
+  atomic_fetch_sub(&value_op_handles, 1);
+}
 
 static void finish(sa_call_t *call, struct value_req *req, int status,
                    void *value) {
@@ -71,6 +80,7 @@ static void value_start(sa_call_t *call, uv_loop_t *loop, void *arg) {
   }
   struct value_call *vc = calloc(1, sizeof *vc);
   cr_assert_not_null(vc);
+  atomic_fetch_add(&value_op_handles, 1);
   vc->call = call;
   vc->req = req;
   vc->h.handle.data = vc;
@@ -149,4 +159,38 @@ int sa_test_count_fds(void) {
     n++;
   closedir(dir);
   return n;
+}
+
+/* ---- the hard limit of every test ---------------------------------------- */
+
+/* Criterion 2.4.1's --timeout does not kill a hung test: one hang would block
+ * the whole run with no report. So each test process (Criterion runs every
+ * test in a process of its own, started as "boxfort-worker") has a watchdog
+ * thread that aborts it past SA_TEST_TIMEOUT seconds (30 by default; run.sh
+ * raises it under valgrind): the runner reports the test by name, as
+ * crashed, and goes on with the others. */
+static void *watchdog(void *arg) {
+  struct timespec left = {(time_t)(intptr_t)arg, 0};
+  while (clock_nanosleep(CLOCK_MONOTONIC, 0, &left, &left) != 0)
+    ;
+  fprintf(stderr, "watchdog: test still running after %ld s, its limit: aborted\n",
+          (long)(intptr_t)arg);
+  abort();
+}
+
+__attribute__((constructor)) static void watchdog_arm(int argc, char **argv) {
+  if (argc < 1 || strcmp(argv[0], "boxfort-worker") != 0)
+    return; /* the runner: its workers are watched */
+  const char *text = getenv("SA_TEST_TIMEOUT");
+  long limit = text ? strtol(text, NULL, 10) : 0;
+  sigset_t all, old;
+  pthread_t thread;
+  sigfillset(&all); /* signals are the test's, not the watchdog's */
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  if (pthread_create(&thread, NULL, watchdog, (void *)(intptr_t)(limit > 0 ? limit : 30)) != 0) {
+    fprintf(stderr, "watchdog: cannot start: no test runs without its limit\n");
+    abort();
+  }
+  pthread_detach(thread);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
 }

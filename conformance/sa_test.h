@@ -8,6 +8,7 @@
 #include <smartasync.h>
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 
 /* The three ways an op can complete: bugs hide in one of them. */
@@ -49,6 +50,10 @@ extern const sa_op_t value_op_no_cancel;
 
 /* Number of value_op completions in this process. */
 extern int value_op_completions;
+
+/* value_op's handles not yet closed: each is freed by its close callback,
+ * so a dispatcher that closes them without running it leaves them here. */
+extern atomic_int value_op_handles;
 
 /* Run fn(loop, data) from a timer callback of a fresh loop run with
  * sa_run(UV_RUN_DEFAULT), run the loop until it has nothing left, and close

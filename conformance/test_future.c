@@ -3,6 +3,7 @@
 
 #include <criterion/criterion.h>
 #include <time.h>
+#include <unistd.h>
 
 Test(SA_FUT_1, status_pending_then_result_from_any_thread) {
   for (int i = 0; i < 3; i++) {
@@ -228,6 +229,111 @@ Test(SA_FUT_6, misuse_returns_error_codes) {
   /* A handle that was never issued. */
   cr_assert_eq(sa_future_status((sa_future_t){0x7fffffff12345678ull}, NULL), SA_ESTALE,
                "SA-FUT-6: forged handle not SA_ESTALE");
+}
+
+/* SA-FUT-6: a future released while its call is pending is stale at once,
+ * for every future function, on its own thread. */
+Test(SA_FUT_6, released_pending_future_is_stale_at_once) {
+  for (int i = 1; i < 3; i++) { /* pending: next tick or later */
+    const char *w = sa_test_when_name(sa_test_whens[i]);
+    struct value_req req = {.when = sa_test_whens[i]}, after = {.when = SA_TEST_LATER,
+                                                                .delay_ms = 20};
+    sa_future_t f, g;
+    void *value = &req;
+    cr_assert_eq(sa_dispatch(&value_op, &req, SA_MODE_ASYNC, NULL, &f), SA_PENDING);
+    cr_assert_eq(sa_future_release(f), 0);
+    cr_assert_eq(sa_future_status(f, &value), SA_ESTALE, "SA-FUT-6 (%s): status", w);
+    cr_assert_eq(value, &req, "SA-FUT-6 (%s): a stale status wrote the value", w);
+    cr_assert_eq(sa_future_then(f, noop_cont, NULL), SA_ESTALE, "SA-FUT-6 (%s): then", w);
+    cr_assert_eq(sa_future_cancel(f), SA_ESTALE, "SA-FUT-6 (%s): cancel", w);
+    cr_assert_eq(req.cancels, 0, "SA-FUT-6 (%s): a stale cancel ran the hook", w);
+    cr_assert_eq(sa_future_wait(f, NULL), SA_ESTALE, "SA-FUT-6 (%s): wait", w);
+    cr_assert_eq(sa_future_wait_until(f, sa_deadline_in(1000), NULL), SA_ESTALE,
+                 "SA-FUT-6 (%s): wait_until", w);
+    cr_assert_eq(sa_future_release(f), SA_ESTALE, "SA-FUT-6 (%s): second release", w);
+    /* The call itself runs on to its end (SA-FUT-7). */
+    cr_assert_eq(sa_dispatch(&value_op, &after, SA_MODE_ASYNC, NULL, &g), SA_PENDING);
+    cr_assert_eq(sa_future_wait(g, NULL), 0);
+    cr_assert_eq(sa_future_release(g), 0);
+    cr_assert_eq(req.completions, 1, "SA-FUT-6 (%s): the released call did not complete", w);
+  }
+}
+
+/* SA-FUT-6: a wait in progress when another thread releases the future
+ * returns promptly: here nothing would ever complete the call (a parked op
+ * without a hook), so only the release can end the owner's wait. */
+struct release_later {
+  sa_future_t f;
+  int rc;
+};
+
+static void *release_after_a_while(void *arg) {
+  struct release_later *r = arg;
+  usleep(50 * 1000);
+  r->rc = sa_future_release(r->f);
+  return NULL;
+}
+
+static void *wait_on_foreign_future(void *arg) {
+  struct release_later *r = arg;
+  r->rc = sa_future_wait(r->f, NULL);
+  return NULL;
+}
+
+Test(SA_FUT_6, release_from_another_thread_ends_the_owners_wait, .timeout = 20) {
+  struct value_req parked = {.when = SA_TEST_LATER, .delay_ms = 60000};
+  struct release_later r;
+  pthread_t releaser;
+  cr_assert_eq(sa_dispatch(&value_op_no_cancel, &parked, SA_MODE_ASYNC, NULL, &r.f), SA_PENDING);
+  cr_assert_eq(pthread_create(&releaser, NULL, release_after_a_while, &r), 0);
+  double start = ms_of(CLOCK_MONOTONIC);
+  int rc = sa_future_wait(r.f, NULL);
+  double waited = ms_of(CLOCK_MONOTONIC) - start;
+  pthread_join(releaser, NULL);
+  cr_assert_eq(r.rc, 0, "SA-FUT-6: the release from another thread failed");
+  cr_assert_eq(rc, SA_ESTALE, "SA-FUT-6: the owner's wait on a released future returned %d", rc);
+  cr_assert_lt(waited, 10000, "SA-FUT-6: the owner's wait took %.0f ms to notice the release",
+               waited);
+}
+
+Test(SA_FUT_6, release_from_another_thread_ends_a_foreign_wait, .timeout = 20) {
+  struct value_req parked = {.when = SA_TEST_LATER, .delay_ms = 60000};
+  struct release_later r, waiter;
+  pthread_t releaser, waiting;
+  cr_assert_eq(sa_dispatch(&value_op_no_cancel, &parked, SA_MODE_ASYNC, NULL, &r.f), SA_PENDING);
+  waiter.f = r.f;
+  cr_assert_eq(pthread_create(&waiting, NULL, wait_on_foreign_future, &waiter), 0);
+  cr_assert_eq(pthread_create(&releaser, NULL, release_after_a_while, &r), 0);
+  pthread_join(releaser, NULL);
+  pthread_join(waiting, NULL);
+  cr_assert_eq(r.rc, 0);
+  cr_assert_eq(waiter.rc, SA_ESTALE, "SA-FUT-6: a foreign wait on a released future returned %d",
+               waiter.rc);
+}
+
+/* The legal sequence that used to hang the owner: another thread waits for
+ * the result, then releases the future, while the owner waits too. The
+ * owner's wait returns the result or SA_ESTALE, whichever the race gives.
+ * A parked call keeps the loop alive, so a wait that missed the release
+ * would never return. */
+Test(SA_FUT_6, wait_then_release_by_another_thread_while_the_owner_waits, .timeout = 20) {
+  struct value_req parked = {.when = SA_TEST_LATER, .delay_ms = 60000};
+  sa_future_t p;
+  cr_assert_eq(sa_dispatch(&value_op_no_cancel, &parked, SA_MODE_ASYNC, NULL, &p), SA_PENDING);
+  for (int round = 0; round < 200; round++) {
+    struct value_req req = {.when = (sa_test_when)(1 + round % 2), .delay_ms = 1,
+                            .status = -3};
+    struct release_later other;
+    pthread_t t;
+    cr_assert_eq(sa_dispatch(&value_op, &req, SA_MODE_ASYNC, NULL, &other.f), SA_PENDING);
+    cr_assert_eq(pthread_create(&t, NULL, wait_on_foreign_future, &other), 0);
+    int rc = sa_future_wait(other.f, NULL);
+    pthread_join(t, NULL);
+    cr_assert_eq(other.rc, -3, "SA-FUT-6: the other thread's wait returned %d", other.rc);
+    int released = sa_future_release(other.f);
+    cr_assert(rc == -3 || (rc == SA_ESTALE && released == SA_ESTALE),
+              "SA-FUT-6: round %d: the owner's wait returned %d", round, rc);
+  }
 }
 
 /* SA-FUT-7: release while pending. */

@@ -90,3 +90,68 @@ Test(SA_LOOP_2, close_refuses_pending_then_releases_everything) {
   cr_assert_eq(uv_loop_init(&plain), 0);
   cr_assert_eq(sa_loop_close(&plain), 0, "SA-LOOP-2: plain loop");
 }
+
+/* SA-LOOP-3: a closed loop is refused, by either way of closing it; the same
+ * memory initialised again is a new loop. A dangling loop pointer used to be
+ * accepted by sa_run and sa_enter, and the next dispatch on it crashed inside
+ * libuv. */
+static void refuse_closed_loop(uv_loop_t *loop, const char *how) {
+  cr_assert_eq(sa_run(loop, UV_RUN_DEFAULT), SA_EINVAL,
+               "SA-LOOP-3: sa_run on a loop closed by %s was not refused", how);
+  cr_assert_eq(sa_run(loop, UV_RUN_NOWAIT), SA_EINVAL,
+               "SA-LOOP-3: sa_run(UV_RUN_NOWAIT) on a loop closed by %s was not refused", how);
+  cr_assert_eq(sa_enter(loop), SA_EINVAL,
+               "SA-LOOP-3: sa_enter on a loop closed by %s was not refused", how);
+  cr_assert_null(sa_current_loop(), "SA-LOOP-3: a refused sa_enter left a scope open");
+  cr_assert_eq(sa_loop_close(loop), SA_EINVAL,
+               "SA-LOOP-3: sa_loop_close on a loop closed by %s was not refused", how);
+}
+
+static void dispatch_once_in_loop(uv_loop_t *loop, void *data) {
+  (void)loop;
+  struct value_req *req = data;
+  sa_future_t f;
+  cr_assert_eq(sa_dispatch(&value_op, req, SA_MODE_AUTO, NULL, &f), SA_PENDING);
+  cr_assert_eq(sa_future_release(f), 0);
+}
+
+Test(SA_LOOP_3, closed_loops_are_refused_until_initialised_again) {
+  uv_loop_t loop;
+  /* Closed by sa_loop_close after the dispatcher ran it with calls on it. */
+  cr_assert_eq(uv_loop_init(&loop), 0);
+  cr_assert_eq(sa_enter(&loop), 0);
+  struct value_req req = {.when = SA_TEST_NEXT_TICK, .status = -5};
+  sa_future_t f;
+  cr_assert_eq(sa_dispatch(&value_op, &req, SA_MODE_AUTO, NULL, &f), SA_PENDING);
+  cr_assert_geq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  cr_assert_eq(sa_leave(&loop), 0);
+  cr_assert_eq(sa_future_status(f, NULL), -5);
+  cr_assert_eq(sa_future_release(f), 0);
+  cr_assert_eq(sa_loop_close(&loop), 0);
+  refuse_closed_loop(&loop, "sa_loop_close");
+
+  /* Initialised again: a new loop, accepted and working. */
+  cr_assert_eq(uv_loop_init(&loop), 0);
+  struct value_req again = {.when = SA_TEST_LATER, .status = -6};
+  cr_assert_eq(sa_enter(&loop), 0, "SA-LOOP-3: a loop initialised again was refused");
+  cr_assert_eq(sa_dispatch(&value_op, &again, SA_MODE_AUTO, NULL, &f), SA_PENDING);
+  cr_assert_geq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  cr_assert_eq(sa_leave(&loop), 0);
+  cr_assert_eq(sa_future_status(f, NULL), -6, "SA-LOOP-3: the new loop did not run its call");
+  cr_assert_eq(sa_future_release(f), 0);
+  cr_assert_eq(sa_loop_close(&loop), 0);
+
+  /* Closed by uv_loop_close, never run by the dispatcher. */
+  cr_assert_eq(uv_loop_init(&loop), 0);
+  cr_assert_eq(uv_loop_close(&loop), 0);
+  refuse_closed_loop(&loop, "uv_loop_close");
+
+  /* Run by the dispatcher (no call pending), then closed by uv_loop_close. */
+  struct value_req inline_req = {.when = SA_TEST_INLINE};
+  cr_assert_eq(uv_loop_init(&loop), 0);
+  cr_assert_eq(sa_run(&loop, UV_RUN_NOWAIT), 0);
+  cr_assert_eq(uv_loop_close(&loop), 0);
+  refuse_closed_loop(&loop, "uv_loop_close after sa_run");
+  sa_test_in_loop(dispatch_once_in_loop, &inline_req); /* other loops still work */
+  cr_assert_eq(inline_req.completions, 1);
+}

@@ -2,7 +2,10 @@
 #include "sa_test.h"
 
 #include <criterion/criterion.h>
+#include <semaphore.h>
 #include <stdint.h>
+#include <time.h>
+#include <unistd.h>
 
 #define THREADS 8
 #define CALLS 60
@@ -85,27 +88,235 @@ static void *sync_calls_then_exit(void *arg) {
   return NULL;
 }
 
-Test(SA_THR_2, private_loops_freed_at_thread_exit) {
-  int before = sa_test_count_fds();
-  for (int round = 0; round < 5; round++) {
+static void churn(int threads) {
+  for (int round = 0; round < threads; round++) {
     pthread_t t;
     cr_assert_eq(pthread_create(&t, NULL, sync_calls_then_exit, NULL), 0);
     pthread_join(t, NULL);
   }
-  int after = sa_test_count_fds();
-  cr_assert_eq(after, before,
-               "SA-THR-2: %d file descriptors left behind by 5 exited threads", after - before);
 }
 
-Test(SA_THR_2, private_loops_freed_by_thread_cleanup) {
-  int before = sa_test_count_fds();
+/* What the dispatcher holds for exited threads must not grow with their
+ * number (it may keep some loops for later threads). */
+Test(SA_THR_2, exited_threads_leave_nothing_growing) {
+  churn(4);
+  int fds = sa_test_count_fds();
+  churn(24);
+  int after = sa_test_count_fds();
+  cr_assert_eq(after, fds, "SA-THR-2: 24 more exited threads left %d more file descriptors",
+               after - fds);
+}
+
+Test(SA_THR_2, thread_cleanup_leaves_nothing_growing) {
   struct value_req req = {.when = SA_TEST_LATER};
   cr_assert_eq(sa_dispatch(&value_op, &req, SA_MODE_SYNC, NULL, NULL), 0);
-  cr_assert_gt(sa_test_count_fds(), before, "a private loop uses file descriptors");
   cr_assert_eq(sa_thread_cleanup(), 0);
-  cr_assert_eq(sa_test_count_fds(), before,
-               "SA-THR-2: sa_thread_cleanup left file descriptors open");
-  /* The thread still works afterwards, on a fresh loop. */
-  cr_assert_eq(sa_dispatch(&value_op, &req, SA_MODE_SYNC, NULL, NULL), 0);
+  int fds = sa_test_count_fds();
+  for (int i = 0; i < 8; i++) {
+    cr_assert_eq(sa_dispatch(&value_op, &req, SA_MODE_SYNC, NULL, NULL), 0,
+                 "SA-THR-2: the thread does not work after sa_thread_cleanup");
+    cr_assert_eq(sa_thread_cleanup(), 0);
+  }
+  cr_assert_eq(sa_test_count_fds(), fds, "SA-THR-2: each sa_thread_cleanup left more open");
+}
+
+/* Calls pending when their thread goes away (thread exit, or
+ * sa_thread_cleanup), one of each kind. An op with a cancel hook is
+ * cancelled and waited for, so its close callback frees its handle; one
+ * without a hook is not waited for; a call completed but not yet delivered
+ * keeps its result; a blocking function already running is waited for. Each
+ * is delivered exactly once, to its continuation and its future. */
+#define PARKED_MS 60000
+
+struct held_timer { /* a hook-less op's handle, in the test's own memory */
+  uv_timer_t timer;
+  sa_call_t *call;
+  int starts;
+};
+
+static void held_timer_fired(uv_timer_t *timer) {
+  struct held_timer *h = timer->data;
+  sa_complete(h->call, 0, NULL);
+  uv_close((uv_handle_t *)timer, NULL);
+}
+
+static void held_timer_start(sa_call_t *call, uv_loop_t *loop, void *arg) {
+  struct held_timer *h = arg;
+  h->starts++;
+  h->call = call;
+  uv_timer_init(loop, &h->timer);
+  h->timer.data = h;
+  uv_timer_start(&h->timer, held_timer_fired, PARKED_MS, 0);
+}
+
+static const sa_op_t held_timer_op = {held_timer_start, NULL};
+
+struct slow_fn {
+  sem_t started;
+  atomic_int returned;
+};
+
+static int slow_blocking(void *arg, void **value) {
+  struct slow_fn *s = arg;
+  sem_post(&s->started);
+  usleep(100 * 1000);
+  atomic_store(&s->returned, 1);
+  *value = s;
+  return -9;
+}
+
+struct leaving {
+  struct value_req hooked, then_hooked, done_inline;
+  struct held_timer hookless;
+  struct slow_fn slow;
+  sa_future_t f_hooked, f_hookless, f_inline, f_blocking;
+  struct cont_rec c_hooked, c_then, c_hookless, c_inline, c_blocking;
+  pthread_t thread;
+  bool by_cleanup;
+  int cleanup_rc;
+};
+
+static void start_leaving_calls(struct leaving *l) {
+  l->thread = pthread_self();
+  l->hooked = (struct value_req){.when = SA_TEST_LATER, .delay_ms = PARKED_MS, .status = -1};
+  l->then_hooked = l->hooked;
+  l->done_inline = (struct value_req){.when = SA_TEST_INLINE, .status = -4, .value = l};
+  cr_assert_eq(sa_dispatch(&value_op, &l->hooked, SA_MODE_ASYNC, NULL, &l->f_hooked), SA_PENDING);
+  cr_assert_eq(sa_future_then(l->f_hooked, record_cont, &l->c_hooked), 0);
+  cr_assert_eq(sa_dispatch_then(&value_op, &l->then_hooked, SA_MODE_ASYNC, NULL, record_cont,
+                                &l->c_then),
+               SA_PENDING);
+  cr_assert_eq(sa_dispatch(&held_timer_op, &l->hookless, SA_MODE_ASYNC, NULL, &l->f_hookless),
+               SA_PENDING);
+  cr_assert_eq(sa_future_then(l->f_hookless, record_cont, &l->c_hookless), 0);
+  cr_assert_eq(sa_dispatch(&value_op, &l->done_inline, SA_MODE_ASYNC, NULL, &l->f_inline),
+               SA_PENDING);
+  cr_assert_eq(sa_future_then(l->f_inline, record_cont, &l->c_inline), 0);
+  cr_assert_eq(sem_init(&l->slow.started, 0, 0), 0);
+  cr_assert_eq(sa_call_blocking(slow_blocking, &l->slow, SA_MODE_ASYNC, NULL, &l->f_blocking),
+               SA_PENDING);
+  cr_assert_eq(sa_future_then(l->f_blocking, record_cont, &l->c_blocking), 0);
+  sem_wait(&l->slow.started); /* running: past the point a cancel could stop it */
+}
+
+static void *leave_with_calls_pending(void *arg) {
+  struct leaving *l = arg;
+  start_leaving_calls(l);
+  if (l->by_cleanup)
+    l->cleanup_rc = sa_thread_cleanup();
+  return NULL;
+}
+
+static void check_delivered_once(const char *how, const char *call, struct leaving *l,
+                                 struct cont_rec *c, sa_future_t f, int status) {
+  cr_assert_eq(c->calls, 1, "SA-THR-2 (%s): %s delivered %d times", how, call, c->calls);
+  cr_assert_eq(c->status, status, "SA-THR-2 (%s): %s delivered %d, not %d", how, call, c->status,
+               status);
+  cr_assert(pthread_equal(c->thread, l->thread),
+            "SA-THR-2 (%s): %s delivered on another thread", how, call);
+  cr_assert_not_null(c->loop, "SA-THR-2 (%s): %s delivered out of async context", how, call);
+  if (f.id) {
+    cr_assert_eq(sa_future_status(f, NULL), status,
+                 "SA-THR-2 (%s): the future of %s does not keep its result", how, call);
+    cr_assert_eq(sa_future_release(f), 0);
+  }
+}
+
+static void check_left_cleanly(const char *how, struct leaving *l, int handles_before,
+                               double seconds) {
+  check_delivered_once(how, "a cancellable pending call", l, &l->c_hooked, l->f_hooked,
+                       SA_ECANCELED);
+  cr_assert_eq(l->hooked.cancels, 1, "SA-THR-2 (%s): its cancel hook ran %d times", how,
+               l->hooked.cancels);
+  check_delivered_once(how, "a cancellable sa_dispatch_then call", l, &l->c_then,
+                       SA_FUTURE_NULL, SA_ECANCELED);
+  cr_assert_eq(l->then_hooked.cancels, 1, "SA-THR-2 (%s): its cancel hook ran %d times", how,
+               l->then_hooked.cancels);
+  check_delivered_once(how, "a hook-less pending call", l, &l->c_hookless, l->f_hookless,
+                       SA_ECANCELED);
+  check_delivered_once(how, "a call completed but not delivered", l, &l->c_inline, l->f_inline,
+                       -4);
+  cr_assert_eq(l->c_inline.value, l, "SA-THR-2 (%s): its value was lost", how);
+  check_delivered_once(how, "a running blocking function", l, &l->c_blocking, l->f_blocking, -9);
+  cr_assert(atomic_load(&l->slow.returned),
+            "SA-THR-2 (%s): the thread went on before its blocking function returned", how);
+  cr_assert_eq(atomic_load(&value_op_handles), handles_before,
+               "SA-THR-2 (%s): %d handles of cancellable ops closed without their callbacks",
+               how, atomic_load(&value_op_handles) - handles_before);
+  cr_assert_lt(seconds, PARKED_MS / 1000.0 / 4,
+               "SA-THR-2 (%s): %.1f s: the hook-less op was waited for", how, seconds);
+  sem_destroy(&l->slow.started);
+}
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+Test(SA_THR_2, thread_exit_cancels_waits_and_delivers_pending_calls, .timeout = 20) {
+  static struct leaving l;
+  int handles = atomic_load(&value_op_handles);
+  double start = now_s();
+  pthread_t t;
+  cr_assert_eq(pthread_create(&t, NULL, leave_with_calls_pending, &l), 0);
+  pthread_join(t, NULL);
+  check_left_cleanly("thread exit", &l, handles, now_s() - start);
+}
+
+Test(SA_THR_2, thread_cleanup_cancels_waits_and_delivers_pending_calls, .timeout = 20) {
+  static struct leaving l = {.by_cleanup = true};
+  int handles = atomic_load(&value_op_handles);
+  double start = now_s();
+  leave_with_calls_pending(&l);
+  cr_assert_eq(l.cleanup_rc, 0);
+  check_left_cleanly("sa_thread_cleanup", &l, handles, now_s() - start);
+  /* The thread works on afterwards, on a fresh loop. */
+  struct value_req req = {.when = SA_TEST_LATER, .status = -2};
+  cr_assert_eq(sa_dispatch(&value_op, &req, SA_MODE_AUTO, NULL, &(sa_future_t){0}), -2);
   cr_assert_eq(sa_thread_cleanup(), 0);
+}
+
+/* A continuation run while its loop goes away may start calls: not on that
+ * loop, which is going (SA_ECANCELED, the op not started). */
+struct late_dispatch {
+  struct value_req parked, late, late_then;
+  struct cont_rec ignored;
+  int rc, then_rc, calls;
+};
+
+static void dispatch_from_continuation(sa_future_t f, int status, void *value, void *data) {
+  struct late_dispatch *d = data;
+  sa_future_t g;
+  (void)f, (void)status, (void)value;
+  d->calls++;
+  d->late = (struct value_req){.when = SA_TEST_INLINE};
+  d->late_then = d->late;
+  d->rc = sa_dispatch(&value_op, &d->late, SA_MODE_AUTO, NULL, &g);
+  d->then_rc = sa_dispatch_then(&value_op, &d->late_then, SA_MODE_AUTO, NULL, record_cont,
+                                &d->ignored);
+}
+
+static void *leave_with_a_dispatching_continuation(void *arg) {
+  struct late_dispatch *d = arg;
+  d->parked = (struct value_req){.when = SA_TEST_LATER, .delay_ms = PARKED_MS};
+  cr_assert_eq(sa_dispatch_then(&value_op, &d->parked, SA_MODE_ASYNC, NULL,
+                                dispatch_from_continuation, d),
+               SA_PENDING);
+  return NULL;
+}
+
+Test(SA_THR_2, calls_on_a_loop_going_away_are_refused, .timeout = 20) {
+  static struct late_dispatch d;
+  pthread_t t;
+  cr_assert_eq(pthread_create(&t, NULL, leave_with_a_dispatching_continuation, &d), 0);
+  pthread_join(t, NULL);
+  cr_assert_eq(d.calls, 1, "SA-THR-2: the pending call was delivered %d times", d.calls);
+  cr_assert_eq(d.rc, SA_ECANCELED, "SA-THR-2: sa_dispatch on a loop going away returned %d",
+               d.rc);
+  cr_assert_eq(d.late.starts, 0, "SA-THR-2: its op was started");
+  cr_assert_eq(d.then_rc, SA_ECANCELED,
+               "SA-THR-2: sa_dispatch_then on a loop going away returned %d", d.then_rc);
+  cr_assert_eq(d.late_then.starts, 0, "SA-THR-2: its op was started");
+  cr_assert_eq(d.ignored.calls, 0);
 }
