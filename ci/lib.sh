@@ -25,3 +25,27 @@ SA_EXAMPLE_PACKAGES="libhttp-parser-dev libjansson-dev libpq-dev libsqlite3-dev 
 postgresql postgresql-client sqlite3"
 
 jobs() { nproc 2>/dev/null || echo 2; }
+
+# The implementation under test, as --impl and --include name it: a CMake
+# target or a library path (the reference by default), and the directory of
+# its smartasync.h.
+impl=smartasync
+include=""
+
+# impl_option OPTION VALUE: keep the VALUE of --impl or --include; fails on
+# any other OPTION.
+impl_option() {
+  case "$1" in
+    --impl) impl="$2" ;;
+    --include) include="$2" ;;
+    *) return 1 ;;
+  esac
+}
+
+# cmake_impl BUILD_DIR [ARG...]: configure BUILD_DIR for the implementation
+# under test, with the other CMake arguments ARG.
+cmake_impl() {
+  dir="$1"
+  shift
+  cmake -S . -B "$dir" -DSA_IMPL="$impl" ${include:+"-DSA_IMPL_INCLUDE_DIR=$include"} "$@"
+}

@@ -5,7 +5,7 @@
 #   expect-race.sh tsan|helgrind PATTERN COMMAND...
 #
 # PATTERN is an extended regex of function names (for example
-# "set_exit_hook"). Prints how long the detector took to catch the race.
+# "sa__set_exit_hook"). Prints how long the detector took to catch the race.
 set -u
 kind="$1"
 pattern="$2"

@@ -1,0 +1,191 @@
+/*
+ * future.c - futures [SA-FUT-*]: what the holder of an async call's handle
+ * can do with it: look, attach a continuation, wait, cancel, release. A
+ * handle names a pool record and its generation, so a stale one is
+ * detected, never dereferenced [SA-FUT-6].
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <time.h>
+
+static int result_of(struct sa_future_rec *r, sa_future_t f, void **value) {
+  SA_HAPPENS_AFTER(&r->word); /* the caller saw W_DONE */
+  int status = sa__call_status(&r->call);
+  void *v = sa__call_value(&r->call);
+  /* Read the result before the word again [sa__call_settle()]. */
+  atomic_thread_fence(memory_order_acquire);
+  SA_HAPPENS_BEFORE(&r->word); /* before the record's reuse [sa__rec_take()] */
+  uint64_t w = atomic_load_explicit(&r->word, memory_order_relaxed);
+  if (W_GEN(w) != (uint32_t)(f.id >> 32))
+    return SA_ESTALE; /* released while we looked */
+  if (value)
+    *value = v;
+  return status;
+}
+
+int sa_future_status(sa_future_t future, void **value) {
+  uint64_t w;
+  if (future.id == 0)
+    return SA_EINVAL;
+  struct sa_future_rec *r = sa__lookup(future, &w);
+  if (!r)
+    return SA_ESTALE;
+  if (!(w & W_DONE))
+    return SA_PENDING;
+  return result_of(r, future, value);
+}
+
+int sa_future_then(sa_future_t future, sa_continuation_cb cb, void *data) {
+  uint64_t w;
+  if (future.id == 0 || !cb)
+    return SA_EINVAL;
+  struct sa_future_rec *r = sa__lookup(future, &w);
+  if (!r)
+    return SA_ESTALE;
+  if (sa__call_owner(&r->call) != &sa__self)
+    return SA_EPERM;
+  if (r->cont)
+    return SA_EALREADY;
+  struct sa_ctx *ctx = sa__call_ctx(&r->call);
+  if (atomic_load_explicit(&ctx->id, memory_order_relaxed) !=
+      atomic_load_explicit(&r->ctx_id, memory_order_relaxed))
+    return SA_ECANCELED; /* its loop is gone: nowhere to run it */
+  if (!(w & W_DONE)) {
+    r->cont = cb;
+    r->cont_data = data;
+    return 0;
+  }
+  /* Already delivered: queue the continuation on the loop. The holder may
+   * release from another thread meanwhile, hence the compare-exchange. */
+  SA_HAPPENS_BEFORE(&r->word);
+  do {
+    if (W_GEN(w) != (uint32_t)(future.id >> 32) || (w & W_RELEASED))
+      return SA_ESTALE;
+  } while (!atomic_compare_exchange_weak(&r->word, &w, w | W_QUEUED));
+  SA_HAPPENS_AFTER(&r->word);
+  r->cont = cb;
+  r->cont_data = data;
+  int err = sa__defer(ctx, r);
+  if (err) {
+    r->cont = NULL;
+    atomic_fetch_and(&r->word, ~(uint64_t)W_QUEUED);
+  }
+  return err;
+}
+
+/* Sleep until another thread delivers `r`, it is released under us, or the
+ * deadline passes (then false). */
+static bool sleep_until_done(struct sa_future_rec *r, uint32_t gen, uint64_t deadline) {
+  struct timespec at = {(time_t)(deadline / 1000000000u), (long)(deadline % 1000000000u)};
+  bool done = true;
+  uint64_t w;
+  atomic_fetch_add(&r->sleepers, 1);
+  pthread_mutex_lock(&r->mutex);
+  while (!((w = atomic_load(&r->word)) & W_DONE) && W_GEN(w) == gen) {
+    if (deadline == SA_NO_DEADLINE)
+      pthread_cond_wait(&r->cond, &r->mutex);
+    else if (pthread_cond_timedwait(&r->cond, &r->mutex, &at) == ETIMEDOUT &&
+             !((w = atomic_load(&r->word)) & W_DONE) && W_GEN(w) == gen) {
+      done = false;
+      break;
+    }
+  }
+  pthread_mutex_unlock(&r->mutex);
+  atomic_fetch_sub(&r->sleepers, 1);
+  return done;
+}
+
+/* sa_future_wait with a deadline [SA-FUT-3..5, SA-DL-3]. */
+int sa__wait_for(struct sa_thread *t, sa_future_t future, uint64_t deadline,
+                 void **value) {
+  uint64_t w;
+  if (future.id == 0)
+    return SA_EINVAL;
+  struct sa_future_rec *r = sa__lookup(future, &w);
+  if (!r)
+    return SA_ESTALE;
+  if (w & W_DONE)
+    return result_of(r, future, value);
+  struct sa_ctx *ctx = sa__call_ctx(&r->call);
+  bool mine = sa__call_owner(&r->call) == t;
+  if (mine && sa__in_scope(t, ctx))
+    return SA_EDEADLK; /* only this thread could deliver it */
+  if (!mine || atomic_load_explicit(&ctx->running, memory_order_relaxed)) {
+    if (!sleep_until_done(r, (uint32_t)(future.id >> 32), deadline)) {
+      sa__request_time_out(r, future);
+      return SA_ETIMEDOUT;
+    }
+    return result_of(r, future, value);
+  }
+  int err = 0;
+  if (deadline != SA_NO_DEADLINE && (err = sa__deadline_arm(r, deadline)) != 0)
+    return err;
+  if ((err = sa__scope_push(t, ctx)) != 0)
+    return err;
+  ctx->waiting++;
+  while (!(atomic_load_explicit(&r->word, memory_order_acquire) & W_DONE)) {
+    if (uv_run(ctx->loop, UV_RUN_DEFAULT) == 0 &&
+        !(atomic_load_explicit(&r->word, memory_order_acquire) & W_DONE)) {
+      err = SA_EDEADLK; /* nothing left on the loop can complete it */
+      break;
+    }
+  }
+  ctx->waiting--;
+  sa__scope_pop(t);
+  return err ? err : result_of(r, future, value);
+}
+
+int sa_future_wait(sa_future_t future, void **value) {
+  return sa__wait_for(&sa__self, future, SA_NO_DEADLINE, value);
+}
+
+int sa_future_wait_until(sa_future_t future, uint64_t deadline, void **value) {
+  return sa__wait_for(&sa__self, future, deadline, value);
+}
+
+/* On the call's loop thread: run its cancel hook unless it has ended or
+ * is already stopping [SA-FUT-8]. SA_ENOTSUP if the op has no hook. */
+int sa__cancel_here(struct sa_future_rec *r) {
+  if (r->call.flags & (CALL_COMPLETED | CALL_TIMED_OUT))
+    return 0;
+  if (!r->call.op->cancel)
+    return SA_ENOTSUP;
+  r->call.op->cancel(&r->call, r->call.loop, r->call.arg);
+  return 0;
+}
+
+int sa_future_cancel(sa_future_t future) {
+  uint64_t w;
+  if (future.id == 0)
+    return SA_EINVAL;
+  struct sa_future_rec *r = sa__lookup(future, &w);
+  if (!r)
+    return SA_ESTALE;
+  if (w & W_DONE)
+    return 0; /* delivered (or timed out) already */
+  if (sa__call_owner(&r->call) != &sa__self)
+    return sa__request_cancel(r, future); /* [SA-CAN-1] */
+  return sa__cancel_here(r);
+}
+
+int sa_future_release(sa_future_t future) {
+  uint64_t w, next;
+  if (future.id == 0)
+    return SA_EINVAL;
+  struct sa_future_rec *r = sa__lookup(future, &w);
+  if (!r)
+    return SA_ESTALE;
+  SA_HAPPENS_BEFORE(&r->word);
+  do {
+    if (W_GEN(w) != (uint32_t)(future.id >> 32) || (w & (W_RELEASED | W_FREE)))
+      return SA_ESTALE;
+    /* Delivered, no continuation queued, no op holding it: free now.
+     * Otherwise whoever lets go last frees it. */
+    next = (w & W_DONE) && !(w & (W_QUEUED | W_HELD)) ? W_NEXT_GEN_FREE(w) : w | W_RELEASED;
+  } while (!atomic_compare_exchange_weak(&r->word, &w, next));
+  SA_HAPPENS_AFTER(&r->word);
+  if (next & W_FREE)
+    sa__rec_recycle(r);
+  return 0;
+}

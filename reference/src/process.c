@@ -1,0 +1,63 @@
+/*
+ * process.c - process-wide set-up, once, and fork: the key whose destructor
+ * frees a thread's private loops, the clock of timed waits, and the fork
+ * handlers that keep a child off its parent's loops.
+ */
+#include "internal.h"
+
+#include <stdlib.h>
+#include <time.h>
+
+_Thread_local struct sa_thread sa__self SA_TLS_MODEL;
+
+pthread_condattr_t sa__monotonic_cond;
+
+static pthread_once_t sa_once = PTHREAD_ONCE_INIT;
+static pthread_key_t sa_exit_key;
+/* Private loops inherited by a fork child: never touched, kept reachable. */
+static struct sa_private *sa_abandoned;
+
+static void atfork_prepare(void) {
+  pthread_mutex_lock(&sa__registry_mutex);
+  pthread_mutex_lock(&sa__pool_mutex);
+}
+
+/* In the parent, and in the child, where the forking thread still owns
+ * the locks taken in atfork_prepare. */
+static void atfork_release(void) {
+  pthread_mutex_unlock(&sa__pool_mutex);
+  pthread_mutex_unlock(&sa__registry_mutex);
+}
+
+/* In the child, the forking thread's private loops share their epoll and
+ * eventfd file descriptions with the parent: closing their handles would
+ * unregister the parent's fds. Abandon them; the next call makes new ones
+ * [SA-THR-3]. */
+static void atfork_child(void) {
+  atfork_release();
+  struct sa_thread *t = &sa__self;
+  for (unsigned k = 0; k < SA_MAX_SYNC_DEPTH; k++) {
+    if (t->priv[k]) {
+      t->priv[k]->next_spare = sa_abandoned;
+      sa_abandoned = t->priv[k];
+      t->priv[k] = NULL;
+    }
+  }
+}
+
+static void init_once(void) {
+  pthread_condattr_init(&sa__monotonic_cond);
+  pthread_condattr_setclock(&sa__monotonic_cond, CLOCK_MONOTONIC);
+  if (pthread_key_create(&sa_exit_key, sa__thread_exit) != 0)
+    abort(); /* only at start-up, with no keys left: nothing can work */
+  pthread_atfork(atfork_prepare, atfork_release, atfork_child);
+  SA_HAPPENS_BEFORE(&sa_once); /* glibc's pthread_once uses bare atomics */
+}
+
+/* sa__set_exit_hook(), the first time on a thread. */
+void sa__set_exit_hook_slow(struct sa_thread *t) {
+  pthread_once(&sa_once, init_once);
+  SA_HAPPENS_AFTER(&sa_once);
+  pthread_setspecific(sa_exit_key, t);
+  t->exit_hook_set = true;
+}
