@@ -212,10 +212,10 @@ Test(SA_ASYNC_5, bad_arguments_rejected) {
   cr_assert_eq(c.calls, 0);
 }
 
-/* A call still pending when its loop goes away is dropped: its
- * continuation is never called (there is no loop left to call it on). The
- * op holds nothing but a timer in the test's memory, which the loop's
- * teardown closes. */
+/* A call still pending when its thread's loops go away (here at
+ * sa_thread_cleanup) is delivered then, once, with SA_ECANCELED, on that
+ * thread, in async context (SA-THR-2 says how). The op has no hook and holds
+ * nothing but a timer in the test's memory, which the loop's end closes. */
 static void hold_fire(uv_timer_t *timer) { (void)timer; }
 
 static void hold_start(sa_call_t *call, uv_loop_t *loop, void *arg) {
@@ -227,15 +227,21 @@ static void hold_start(sa_call_t *call, uv_loop_t *loop, void *arg) {
 
 static const sa_op_t hold_op = {hold_start, NULL};
 
-Test(SA_ASYNC_5, pending_call_dropped_with_its_loop) {
+Test(SA_ASYNC_5, pending_call_delivered_when_its_loop_goes) {
   static uv_timer_t timer;
   struct then_case c = {.req = {.when = SA_TEST_INLINE}};
   cr_assert_eq(sa_dispatch_then(&hold_op, &timer, SA_MODE_ASYNC, NULL, then_cont, &c),
                SA_PENDING);
+  cr_assert_eq(c.calls, 0);
   cr_assert_eq(sa_thread_cleanup(), 0);
-  cr_assert_eq(c.calls, 0, "SA-ASYNC-5: continuation called for a call dropped with its loop");
+  cr_assert_eq(c.calls, 1, "SA-ASYNC-5: a call pending when its loop went was delivered %d times",
+               c.calls);
+  cr_assert_eq(c.status, SA_ECANCELED, "SA-ASYNC-5: it was delivered %d, not SA_ECANCELED",
+               c.status);
+  cr_assert(pthread_equal(c.thread, pthread_self()), "SA-ASYNC-5: delivered on another thread");
+  cr_assert_not_null(c.loop, "SA-ASYNC-5: delivered out of async context");
   struct then_case after = {.req = {.when = SA_TEST_NEXT_TICK, .status = -2}};
   then_dispatch(&after, SA_MODE_AUTO);
   cr_assert_eq(after.rc, -2, "SA-ASYNC-5: the thread's next sync call failed: %d", after.rc);
-  cr_assert_eq(c.calls, 0);
+  cr_assert_eq(c.calls, 1);
 }

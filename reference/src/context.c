@@ -13,7 +13,7 @@ pthread_mutex_t sa__registry_mutex = PTHREAD_MUTEX_INITIALIZER;
 static struct sa_ctx *sa_registry; /* under sa__registry_mutex */
 /* Contexts of closed loops, for reuse (under sa__registry_mutex). */
 static struct sa_ctx *sa_spare_ctxs;
-static _Atomic uint64_t sa_next_ctx_id = 1;
+_Atomic uint64_t sa__next_ctx_id = 1;
 
 uv_loop_t *sa_current_loop(void) {
   const struct sa_thread *t = &sa__self;
@@ -31,7 +31,7 @@ void sa__ctx_init(struct sa_ctx *ctx, uv_loop_t *loop) {
   memset(&ctx->loop, 0, sizeof *ctx - offsetof(struct sa_ctx, loop));
   ctx->loop = loop;
   atomic_store(&ctx->running, 0);
-  atomic_store(&ctx->id, atomic_fetch_add(&sa_next_ctx_id, 1));
+  atomic_store(&ctx->id, atomic_fetch_add(&sa__next_ctx_id, 1));
 }
 
 /* Under sa__registry_mutex: the link to `loop`'s context in the registry,
@@ -83,15 +83,29 @@ void sa__ctx_unregister(struct sa_ctx *ctx) {
   pthread_mutex_unlock(&sa__registry_mutex);
 }
 
+/* A loop that uv_loop_close() closed has no backend left [SA-LOOP-3]; one
+ * initialised again has a new one. */
+static bool loop_closed(const uv_loop_t *loop) { return uv_backend_fd(loop) < 0; }
+
+/* A loop of the parent, in a fork child [SA-THR-3]. */
+static bool loop_inherited(const uv_loop_t *loop, const struct sa_ctx *ctx) {
+  return sa__loop_abandoned(loop) ||
+         (ctx && sa__inherited(atomic_load_explicit(&ctx->id, memory_order_relaxed)));
+}
+
 int sa_enter(uv_loop_t *loop) {
   struct sa_thread *t = &sa__self;
-  if (!loop)
+  if (!loop || loop_closed(loop))
     return SA_EINVAL;
   if (t->depth >= SA_MAX_SCOPES - 1) /* keep a slot for on_drain */
     return SA_ELOOP;
+  if (loop_inherited(loop, NULL))
+    return SA_EPERM;
   struct sa_ctx *ctx = ctx_of(t, loop, true);
   if (!ctx)
     return SA_ENOMEM;
+  if (loop_inherited(loop, ctx))
+    return SA_EPERM;
   if (atomic_load_explicit(&ctx->running, memory_order_relaxed) || sa__in_scope(t, ctx))
     return SA_EBUSY;
   return sa__scope_push(t, ctx);
@@ -118,7 +132,7 @@ int sa_run(uv_loop_t *loop, uv_run_mode mode) {
 
 int sa_loop_close(uv_loop_t *loop) {
   struct sa_thread *t = &sa__self;
-  if (!loop)
+  if (!loop || loop_closed(loop))
     return SA_EINVAL;
   for (unsigned k = 0; k < SA_MAX_SYNC_DEPTH; k++)
     if (t->priv[k] && &t->priv[k]->loop == loop)
@@ -126,15 +140,17 @@ int sa_loop_close(uv_loop_t *loop) {
   pthread_mutex_lock(&sa__registry_mutex);
   struct sa_ctx **link = registry_link(loop);
   struct sa_ctx *ctx = *link;
-  if (ctx) {
-    if (atomic_load_explicit(&ctx->running, memory_order_relaxed) ||
-        ctx->npending || ctx->then_head || ctx->deferred_head) {
-      pthread_mutex_unlock(&sa__registry_mutex);
-      return SA_EBUSY;
-    }
+  int refused = 0;
+  if (loop_inherited(loop, ctx))
+    refused = SA_EPERM; /* closing it would unregister the parent's fds */
+  else if (ctx && (atomic_load_explicit(&ctx->running, memory_order_relaxed) ||
+                   ctx->npending || ctx->then_head || ctx->deferred_head))
+    refused = SA_EBUSY;
+  else if (ctx)
     *link = ctx->next_registered;
-  }
   pthread_mutex_unlock(&sa__registry_mutex);
+  if (refused)
+    return refused;
   if (ctx) {
     sa__ctx_retire(ctx); /* no call is pending: the messages left are moot */
     if (ctx->drain_ready)

@@ -92,7 +92,7 @@ void sa__deliver_held(struct sa_future_rec *r) { deliver_as(r, true); }
 
 /* Take a late continuation off the queue. Returns true if the holder
  * still has the future; false if it was released meanwhile. */
-bool sa__unqueue_late(struct sa_future_rec *r, uint64_t *word) {
+static bool unqueue_late(struct sa_future_rec *r, uint64_t *word) {
   *word = sa__let_go(r, W_QUEUED);
   return !(*word & W_RELEASED);
 }
@@ -100,7 +100,7 @@ bool sa__unqueue_late(struct sa_future_rec *r, uint64_t *word) {
 /* A continuation attached after delivery: run it unless released since. */
 static void run_late_continuation(struct sa_future_rec *r) {
   uint64_t w;
-  if (sa__unqueue_late(r, &w))
+  if (unqueue_late(r, &w))
     r->cont(sa__handle_of(r, w), sa__call_status(&r->call), sa__call_value(&r->call), r->cont_data);
 }
 
@@ -150,6 +150,13 @@ static void on_drain(uv_idle_t *idle) {
   sa__cache_trim(t);
   if (pushed)
     sa__scope_pop(t);
+}
+
+/* Deliver the queues now rather than on the loop's next iteration: the
+ * loop is going away [private.c]. */
+void sa__drain_now(struct sa_ctx *ctx) {
+  if (ctx->drain_started)
+    on_drain(&ctx->drain);
 }
 
 /* Start the drain, unless a queue already has. */

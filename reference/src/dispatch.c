@@ -10,13 +10,20 @@
 /* Drive private loop `p` until the sync call completes. */
 static void sync_wait(struct sa_private *p, struct sa_call *call) {
   call->flags |= CALL_NOTIFY;
-  while (!(call->flags & CALL_COMPLETED)) {
+  p->refreshed_at = sa__ticks(); /* uv_run reads the loop's time as it starts */
+  do {
+    if (SA_UNLIKELY(p->ctx.closing)) {
+      /* A fork child back from the op: the loop is the parent's [SA-THR-3]. */
+      call->flags |= CALL_COMPLETED;
+      sa__call_settle(call, SA_ECANCELED, NULL);
+      return;
+    }
     /* uv_run returns 0 when nothing is left that could complete the call. */
     if (uv_run(&p->loop, UV_RUN_DEFAULT) == 0 && !(call->flags & CALL_COMPLETED)) {
       call->flags |= CALL_COMPLETED;
       sa__call_settle(call, SA_EDEADLK, NULL);
     }
-  }
+  } while (!(call->flags & CALL_COMPLETED));
 }
 
 /* Run `op` to completion on private loop `p`, the thread in scope on it;
@@ -46,6 +53,8 @@ SA_COLD static int run_sync_slow(struct sa_thread *t, const sa_op_t *op, void *a
 
 int sa__run_async(struct sa_thread *t, struct sa_ctx *ctx, const sa_op_t *op,
                   void *arg, sa_future_t *future) {
+  if (SA_UNLIKELY(ctx->closing))
+    return SA_ECANCELED; /* its loop is going away [SA-THR-2] */
   if (SA_UNLIKELY(!ctx->wakeup_ready)) { /* an application loop's first call */
     int err = sa__wakeup_init(ctx);
     if (err)
@@ -80,8 +89,8 @@ int sa__run_async(struct sa_thread *t, struct sa_ctx *ctx, const sa_op_t *op,
 static int start_async_from_sync(struct sa_thread *t, const sa_op_t *op, void *arg,
                                  uint64_t deadline, sa_future_t *future);
 
-static int run_then_refill(struct sa_thread *t, struct sa_ctx *ctx, const sa_op_t *op,
-                           void *arg, sa_continuation_cb cb, void *data);
+static int run_then_slow(struct sa_thread *t, struct sa_ctx *ctx, const sa_op_t *op,
+                         void *arg, sa_continuation_cb cb, void *data);
 
 /* The result could not be queued: deliver it now rather than lose it. */
 SA_COLD static int deliver_undeferred(struct sa_future_rec *r, int err) {
@@ -97,16 +106,18 @@ static inline int run_then(struct sa_thread *t, struct sa_ctx *ctx, const sa_op_
   /* sa__rec_take(), with the refill out of line: no call before op->start
    * keeps the arguments in registers (callgrind: 20 instructions less). */
   struct sa_future_rec *r = t->free_head;
-  if (SA_UNLIKELY(!r))
-    return run_then_refill(t, ctx, op, arg, cb, data);
+  if (SA_UNLIKELY(!r || ctx->closing))
+    return run_then_slow(t, ctx, op, arg, cb, data);
   t->free_head = r->next_free;
   t->free_count--;
   SA_HAPPENS_AFTER(&r->word); /* as sa__rec_take() */
-  /* No loop, op or arg: only a cancel reads them, and without a handle
-   * nothing can cancel this call. */
+  /* No loop: only a cancel hook needs it, and the loop's wind-down, which
+   * alone can cancel a call without a handle, gives it. */
   atomic_store_explicit(&r->call.owner, t, memory_order_relaxed);
   r->call.flags = CALL_ASYNC | CALL_THEN;
   atomic_store_explicit(&r->call.ctx, ctx, memory_order_relaxed);
+  r->call.op = op;
+  r->call.arg = arg;
   r->cont = cb;
   r->cont_data = data;
   op->start(&r->call, ctx->loop, arg);
@@ -124,15 +135,20 @@ static inline int run_then(struct sa_thread *t, struct sa_ctx *ctx, const sa_op_
   return SA_PENDING;
 }
 
-SA_COLD static int run_then_refill(struct sa_thread *t, struct sa_ctx *ctx, const sa_op_t *op,
-                                   void *arg, sa_continuation_cb cb, void *data) {
+/* run_then past its fast path: the thread's cache is empty, or the loop is
+ * going away. */
+SA_COLD static int run_then_slow(struct sa_thread *t, struct sa_ctx *ctx, const sa_op_t *op,
+                                 void *arg, sa_continuation_cb cb, void *data) {
+  if (ctx->closing)
+    return SA_ECANCELED; /* [SA-THR-2] */
   if (sa__cache_refill(t) != 0)
     return SA_ENOMEM;
   return run_then(t, ctx, op, arg, cb, data);
 }
 
-/* sa_dispatch past its fast path: the thread's first call, nested calls,
- * async calls and bad arguments. */
+/* sa_dispatch past its fast path: the thread's first call, a call whose
+ * private loop's time is due for a refresh, nested calls, async calls and
+ * bad arguments. */
 SA_COLD static int dispatch_slow(struct sa_thread *t, const sa_op_t *op, void *arg,
                                  sa_mode_t mode, void **value, sa_future_t *future) {
   if (sa__bad_mode(mode, future))
@@ -160,7 +176,8 @@ int sa_dispatch(const sa_op_t *op, void *arg, sa_mode_t mode, void **value,
    * running: only their own thread runs them. The hot path: every
    * instruction here shows in the benchmark's callgrind count. */
   struct sa_private *p = t->priv[0];
-  if (SA_LIKELY((unsigned)mode < SA_MODE_ASYNC && t->depth == 0 && p != NULL)) {
+  if (SA_LIKELY((unsigned)mode < SA_MODE_ASYNC && t->depth == 0 && p != NULL &&
+                !sa__private_time_stale(p))) {
     t->scopes[0] = &p->ctx; /* in async context on p while the op runs */
     t->depth = 1;
     int rc = run_sync(p, op, arg, value);
@@ -303,12 +320,26 @@ SA_COLD static int complete_timed_out(struct sa_thread *t, sa_call_t *call) {
   return 0;
 }
 
+static int complete_slow(struct sa_thread *t, sa_call_t *call, int status, void *value);
+
+/* complete_slow() of a call its loop's wind-down waits for, of one that
+ * timed out, or of one completed already. */
+SA_COLD static int complete_special(struct sa_thread *t, sa_call_t *call, int status,
+                                    void *value) {
+  if (call->flags & CALL_WINDING) {
+    sa__wind_completed(call);
+    return complete_slow(t, call, status, value);
+  }
+  return complete_timed_out(t, call);
+}
+
 /* sa_complete after op->start returned (the dispatcher must act), of a
- * call that timed out, or of one completed already. */
+ * call that timed out, of one its loop's wind-down waits for, or of one
+ * completed already. */
 SA_COLD static int complete_slow(struct sa_thread *t, sa_call_t *call, int status,
                                  void *value) {
-  if (call->flags & (CALL_COMPLETED | CALL_TIMED_OUT))
-    return complete_timed_out(t, call);
+  if (call->flags & (CALL_COMPLETED | CALL_TIMED_OUT | CALL_WINDING))
+    return complete_special(t, call, status, value);
   call->flags |= CALL_COMPLETED;
   sa__call_settle(call, status, value);
   notify(t, call);

@@ -17,7 +17,7 @@ static int result_of(struct sa_future_rec *r, sa_future_t f, void **value) {
   atomic_thread_fence(memory_order_acquire);
   SA_HAPPENS_BEFORE(&r->word); /* before the record's reuse [sa__rec_take()] */
   uint64_t w = atomic_load_explicit(&r->word, memory_order_relaxed);
-  if (W_GEN(w) != (uint32_t)(f.id >> 32))
+  if (W_GEN(w) != (uint32_t)(f.id >> 32) || (w & W_RELEASED))
     return SA_ESTALE; /* released while we looked */
   if (value)
     *value = v;
@@ -28,7 +28,7 @@ int sa_future_status(sa_future_t future, void **value) {
   uint64_t w;
   if (future.id == 0)
     return SA_EINVAL;
-  struct sa_future_rec *r = sa__lookup(future, &w);
+  struct sa_future_rec *r = sa__lookup_live(future, &w);
   if (!r)
     return SA_ESTALE;
   if (!(w & W_DONE))
@@ -40,7 +40,7 @@ int sa_future_then(sa_future_t future, sa_continuation_cb cb, void *data) {
   uint64_t w;
   if (future.id == 0 || !cb)
     return SA_EINVAL;
-  struct sa_future_rec *r = sa__lookup(future, &w);
+  struct sa_future_rec *r = sa__lookup_live(future, &w);
   if (!r)
     return SA_ESTALE;
   if (sa__call_owner(&r->call) != &sa__self)
@@ -49,8 +49,9 @@ int sa_future_then(sa_future_t future, sa_continuation_cb cb, void *data) {
     return SA_EALREADY;
   struct sa_ctx *ctx = sa__call_ctx(&r->call);
   if (atomic_load_explicit(&ctx->id, memory_order_relaxed) !=
-      atomic_load_explicit(&r->ctx_id, memory_order_relaxed))
-    return SA_ECANCELED; /* its loop is gone: nowhere to run it */
+          atomic_load_explicit(&r->ctx_id, memory_order_relaxed) ||
+      ((w & W_DONE) && ctx->closing))
+    return SA_ECANCELED; /* its loop is gone, or going: nowhere to run it */
   if (!(w & W_DONE)) {
     r->cont = cb;
     r->cont_data = data;
@@ -74,19 +75,25 @@ int sa_future_then(sa_future_t future, sa_continuation_cb cb, void *data) {
   return err;
 }
 
+/* Whether a wait on `r` (generation `gen`) goes on: not delivered, not
+ * released [SA-FUT-6]. */
+static bool still_pending(struct sa_future_rec *r, uint32_t gen) {
+  uint64_t w = atomic_load_explicit(&r->word, memory_order_acquire);
+  return W_GEN(w) == gen && !(w & (W_DONE | W_RELEASED));
+}
+
 /* Sleep until another thread delivers `r`, it is released under us, or the
  * deadline passes (then false). */
 static bool sleep_until_done(struct sa_future_rec *r, uint32_t gen, uint64_t deadline) {
   struct timespec at = {(time_t)(deadline / 1000000000u), (long)(deadline % 1000000000u)};
   bool done = true;
-  uint64_t w;
   atomic_fetch_add(&r->sleepers, 1);
   pthread_mutex_lock(&r->mutex);
-  while (!((w = atomic_load(&r->word)) & W_DONE) && W_GEN(w) == gen) {
+  while (still_pending(r, gen)) {
     if (deadline == SA_NO_DEADLINE)
       pthread_cond_wait(&r->cond, &r->mutex);
     else if (pthread_cond_timedwait(&r->cond, &r->mutex, &at) == ETIMEDOUT &&
-             !((w = atomic_load(&r->word)) & W_DONE) && W_GEN(w) == gen) {
+             still_pending(r, gen)) {
       done = false;
       break;
     }
@@ -102,17 +109,18 @@ int sa__wait_for(struct sa_thread *t, sa_future_t future, uint64_t deadline,
   uint64_t w;
   if (future.id == 0)
     return SA_EINVAL;
-  struct sa_future_rec *r = sa__lookup(future, &w);
+  struct sa_future_rec *r = sa__lookup_live(future, &w);
   if (!r)
     return SA_ESTALE;
   if (w & W_DONE)
     return result_of(r, future, value);
+  uint32_t gen = (uint32_t)(future.id >> 32);
   struct sa_ctx *ctx = sa__call_ctx(&r->call);
   bool mine = sa__call_owner(&r->call) == t;
   if (mine && sa__in_scope(t, ctx))
     return SA_EDEADLK; /* only this thread could deliver it */
   if (!mine || atomic_load_explicit(&ctx->running, memory_order_relaxed)) {
-    if (!sleep_until_done(r, (uint32_t)(future.id >> 32), deadline)) {
+    if (!sleep_until_done(r, gen, deadline)) {
       sa__request_time_out(r, future);
       return SA_ETIMEDOUT;
     }
@@ -124,9 +132,12 @@ int sa__wait_for(struct sa_thread *t, sa_future_t future, uint64_t deadline,
   if ((err = sa__scope_push(t, ctx)) != 0)
     return err;
   ctx->waiting++;
-  while (!(atomic_load_explicit(&r->word, memory_order_acquire) & W_DONE)) {
-    if (uv_run(ctx->loop, UV_RUN_DEFAULT) == 0 &&
-        !(atomic_load_explicit(&r->word, memory_order_acquire) & W_DONE)) {
+  while (still_pending(r, gen)) {
+    if (ctx->closing) {
+      err = SA_ECANCELED; /* a fork child back from an op: the parent's loop */
+      break;
+    }
+    if (uv_run(ctx->loop, UV_RUN_DEFAULT) == 0 && still_pending(r, gen)) {
       err = SA_EDEADLK; /* nothing left on the loop can complete it */
       break;
     }
@@ -159,7 +170,7 @@ int sa_future_cancel(sa_future_t future) {
   uint64_t w;
   if (future.id == 0)
     return SA_EINVAL;
-  struct sa_future_rec *r = sa__lookup(future, &w);
+  struct sa_future_rec *r = sa__lookup_live(future, &w);
   if (!r)
     return SA_ESTALE;
   if (w & W_DONE)
@@ -169,11 +180,24 @@ int sa_future_cancel(sa_future_t future) {
   return sa__cancel_here(r);
 }
 
+/* A pending future was released: waits on it end [SA-FUT-6]. A sleeper is
+ * woken here; a wait that drives the call's loop runs on the owner's thread,
+ * and is stopped there: at once from that thread, else by a wake-up of its
+ * loop (message.c). */
+static void end_waits(struct sa_future_rec *r) {
+  struct sa_ctx *ctx = sa__call_ctx(&r->call);
+  sa__wake_sleepers(r);
+  if (sa__call_owner(&r->call) != &sa__self)
+    sa__wake_loop(ctx, atomic_load_explicit(&r->ctx_id, memory_order_relaxed));
+  else if (ctx->waiting)
+    uv_stop(ctx->loop);
+}
+
 int sa_future_release(sa_future_t future) {
   uint64_t w, next;
   if (future.id == 0)
     return SA_EINVAL;
-  struct sa_future_rec *r = sa__lookup(future, &w);
+  struct sa_future_rec *r = sa__lookup_live(future, &w);
   if (!r)
     return SA_ESTALE;
   SA_HAPPENS_BEFORE(&r->word);
@@ -187,5 +211,7 @@ int sa_future_release(sa_future_t future) {
   SA_HAPPENS_AFTER(&r->word);
   if (next & W_FREE)
     sa__rec_recycle(r);
+  else if (!(w & W_DONE))
+    end_waits(r);
   return 0;
 }

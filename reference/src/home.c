@@ -24,7 +24,6 @@ struct home_job {
   int status; /* the result */
   void *value;
   sa_future_t inner; /* the call on the home loop, while in flight */
-  bool cancel_sent;
   struct home_job *prev, *next; /* in flight on the home loop */
 };
 
@@ -107,7 +106,6 @@ static void home_call_start(struct sa_thread *t, struct sa_ctx *ctx, struct home
     home_reply(job, rc, NULL);
     return;
   }
-  job->cancel_sent = false;
   job->prev = NULL;
   job->next = h->inflight;
   if (h->inflight)
@@ -142,21 +140,8 @@ static void handle_home_cancel(struct sa_thread *t, struct sa_ctx *ctx, struct s
   free(m);
 }
 
-/* sa_home_stop was called: give every call in flight its cancel hook; the
- * loop then stops and home_main settles what is left. */
-void sa__home_begin_stop(struct sa_ctx *ctx) {
-  struct sa_home *h = ctx->home;
-  struct home_job *job;
-  do { /* a cancel may finish any number of jobs: look again each time */
-    for (job = h->inflight; job && job->cancel_sent; job = job->next)
-      ;
-    if (job) {
-      job->cancel_sent = true;
-      sa_future_cancel(job->inner);
-    }
-  } while (job);
-  uv_stop(ctx->loop);
-}
+/* sa_home_stop was called: home_main winds the loop down. */
+void sa__home_begin_stop(struct sa_ctx *ctx) { uv_stop(ctx->loop); }
 
 /* The caller's side: post the job, or settle at once if the home is gone. */
 struct home_request {
@@ -239,25 +224,11 @@ static void *home_main(void *arg) {
   while (!sa__home_stopping(h->ctx)) /* an op may have stopped the loop */
     uv_run(&h->loop, UV_RUN_DEFAULT);
   sa_leave(&h->loop);
-  /* Stopping. Calls still queued are answered with SA_ECANCELED by
-   * sa__loop_teardown, which lets nothing new in [SA-HOME-4]. */
-  /* A result the op produced but the loop had no time to deliver stands. */
-  for (struct home_job *job = h->inflight; job; job = job->next) {
-    uint64_t w;
-    struct sa_future_rec *r = sa__lookup(job->inner, &w);
-    bool done = r && (r->call.flags & CALL_COMPLETED) && !(r->call.flags & CALL_TIMED_OUT);
-    job->status = done ? r->call.status : SA_ECANCELED;
-    job->value = done ? r->call.value : NULL;
-    sa_future_release(job->inner);
-  }
-  /* Answer only once the loop is drained: close callbacks of the ops may
-   * still use their arguments until then. */
-  sa__loop_teardown(h->ctx);
-  struct home_job *job;
-  while ((job = h->inflight) != NULL) {
-    home_unlink(h, job);
-    home_reply(job, job->status, job->value); /* the job is the caller's now */
-  }
+  /* Stopping [SA-HOME-4]: calls in flight are cancelled and waited for, or
+   * answered SA_ECANCELED if their op has no hook, each through its
+   * continuation (home_call_done); calls that arrive meanwhile, or are still
+   * queued, get SA_ECANCELED. */
+  sa__wind_down(h->ctx);
   sa__ctx_unregister(h->ctx);
   sa__ctx_to_spares(h->ctx);
   sa_thread_cleanup();
@@ -296,6 +267,8 @@ int sa_home_call(sa_home_t *home, const sa_op_t *op, void *arg, sa_mode_t mode,
                  void **value, sa_future_t *future) {
   if (!home || !op || !op->start || sa__bad_mode(mode, future))
     return SA_EINVAL;
+  if (sa__inherited(home->ctx_id))
+    return SA_EPERM; /* no home thread in a fork child [SA-THR-3] */
   /* The home thread blocking on its own loop would never be answered. */
   if (sa__runs_sync(&sa__self, mode) && pthread_equal(pthread_self(), home->thread)) {
     if (future)
@@ -309,6 +282,8 @@ int sa_home_call(sa_home_t *home, const sa_op_t *op, void *arg, sa_mode_t mode,
 int sa_home_stop(sa_home_t *home) {
   if (!home)
     return SA_EINVAL;
+  if (sa__inherited(home->ctx_id))
+    return SA_EPERM; /* no home thread in a fork child [SA-THR-3] */
   if (pthread_equal(pthread_self(), home->thread))
     return SA_EDEADLK;
   struct sa_ctx *ctx = home->ctx;

@@ -88,42 +88,6 @@ struct sa_msg;
 struct sa_home;
 struct sa_deadline;
 
-/* The dispatcher's state for one loop. Touched only by the thread running
- * the loop, except `running` and `id`, which other threads may read.
- * Type-stable: kept for reuse, never freed, so a future that outlived its
- * loop can still check `id` safely. */
-struct sa_ctx {
-  /* Other threads may touch these three at any time: initialised once per
-   * allocation (the mutex) or changed atomically, never cleared in bulk. */
-  pthread_mutex_t inbox_mutex; /* guards the inbox, and changes of `id` */
-  _Atomic uint64_t id;         /* unique per use; 0 once the loop is gone */
-  /* Scopes on it, on whichever thread runs it. Meaningful for application
-   * loops only: a private loop runs on its own thread alone, which asks
-   * sa__in_scope(), and its sync calls skip the count. */
-  atomic_uint running;
-  uv_loop_t *loop;
-  unsigned waiting;      /* future waits driving it: deliveries stop it */
-  bool drain_ready;      /* `drain` initialised */
-  bool drain_started;    /* `drain` active: a queue below is not empty */
-  uv_idle_t drain;       /* delivers the queues: the then-queue first */
-  /* Completed calls of sa_dispatch_then, linked through next_free so that,
-   * delivered, they join the cache in one splice. Everything on it was
-   * queued before everything on the deferred queue: then_tail is NULL
-   * while that queue is not empty, and later then-calls queue there. */
-  struct sa_future_rec *then_head, *then_tail;
-  struct sa_future_rec *deferred_head, *deferred_tail; /* the rest */
-  struct sa_future_rec *pending; /* undelivered async calls */
-  unsigned npending;
-  /* Messages from other threads, woken by `wakeup` (unreferenced unless
-   * results of home-loop calls are awaited: `remote` counts them). */
-  bool wakeup_ready;
-  uv_async_t wakeup;
-  struct sa_msg *inbox_head, *inbox_tail;
-  unsigned remote;
-  struct sa_home *home; /* the home object this loop serves, if any */
-  struct sa_ctx *next_registered; /* application loops only */
-};
-
 /* Call flags. */
 #define CALL_ASYNC 1u     /* a pool record behind a future */
 #define CALL_NOTIFY 2u    /* completing must act: stop the sync wait, or deliver.
@@ -134,6 +98,8 @@ struct sa_ctx {
 #define CALL_HELD 16u     /* timed out and delivered; the op still holds the call */
 #define CALL_THEN 32u     /* sa_dispatch_then: no handle; the record is the
                              dispatcher's until its continuation is called */
+#define CALL_WINDING 64u  /* its loop is going away and waits for it to
+                             complete: counted in ctx->winding */
 
 /* A sync call's record is its private loop's (owner and loop set once,
  * flags per call); a call of sa_dispatch_then sets owner, flags and ctx;
@@ -168,6 +134,46 @@ struct sa_future_rec {
   pthread_cond_t cond;
 };
 
+/* The dispatcher's state for one loop. Touched only by the thread running
+ * the loop, except `running` and `id`, which other threads may read.
+ * Type-stable: kept for reuse, never freed, so a future that outlived its
+ * loop can still check `id` safely. */
+struct sa_ctx {
+  /* Other threads may touch these three at any time: initialised once per
+   * allocation (the mutex) or changed atomically, never cleared in bulk. */
+  pthread_mutex_t inbox_mutex; /* guards the inbox, and changes of `id` */
+  _Atomic uint64_t id;         /* unique per use; 0 once the loop is gone */
+  /* Scopes on it, on whichever thread runs it. Meaningful for application
+   * loops only: a private loop runs on its own thread alone, which asks
+   * sa__in_scope(), and its sync calls skip the count. */
+  atomic_uint running;
+  uv_loop_t *loop;
+  unsigned waiting;      /* future waits driving it: deliveries stop it */
+  bool closing;          /* going away, or abandoned in a fork child: calls on
+                            it are refused */
+  unsigned winding;      /* calls its wind-down waits for [private.c] */
+  bool drain_ready;      /* `drain` initialised */
+  bool drain_started;    /* `drain` active: a queue below is not empty */
+  uv_idle_t drain;       /* delivers the queues: the then-queue first */
+  /* Completed calls of sa_dispatch_then, linked through next_free so that,
+   * delivered, they join the cache in one splice. Everything on it was
+   * queued before everything on the deferred queue: then_tail is NULL
+   * while that queue is not empty, and later then-calls queue there. */
+  struct sa_future_rec *then_head, *then_tail;
+  struct sa_future_rec *deferred_head, *deferred_tail; /* the rest */
+  struct sa_future_rec *pending; /* undelivered async calls */
+  unsigned npending;
+  struct sa_future_rec wind_cursor; /* the wind-down's place in `pending` */
+  /* Messages from other threads, woken by `wakeup` (unreferenced unless
+   * results of home-loop calls are awaited: `remote` counts them). */
+  bool wakeup_ready;
+  uv_async_t wakeup;
+  struct sa_msg *inbox_head, *inbox_tail;
+  unsigned remote;
+  struct sa_home *home; /* the home object this loop serves, if any */
+  struct sa_ctx *next_registered; /* application loops only */
+};
+
 /* A private loop: the loop and its context in one allocation. It runs one
  * sync call at a time (it is never re-entered), whose record is `call`:
  * its owner and loop are set once, when the thread takes the loop. */
@@ -176,6 +182,7 @@ struct sa_private {
   struct sa_ctx ctx;
   uv_loop_t loop;
   struct sa_private *next_spare; /* in sa_spare_privates or sa_abandoned */
+  uint64_t refreshed_at; /* sa__ticks() when the loop's time was last read */
 };
 
 struct sa_thread {
@@ -236,16 +243,21 @@ extern _Thread_local struct sa_thread sa__self SA_TLS_MODEL;
 
 extern pthread_mutex_t sa__pool_mutex;     /* pool.c: the pool of records */
 extern pthread_mutex_t sa__registry_mutex; /* context.c: registry and spares */
+extern _Atomic uint64_t sa__next_ctx_id;   /* context.c: ids of contexts, from 1 */
 /* pool.c: the records, in chunks that are never freed [type-stable]. */
 extern _Atomic(struct sa_future_rec *) sa__chunks[MAX_CHUNKS];
 /* process.c: condition variables time out on uv_hrtime()'s clock, as
  * deadlines do. */
 extern pthread_condattr_t sa__monotonic_cond;
+/* process.c: in a fork child, the first context id issued in this process;
+ * 0 in a process that never forked [sa__inherited()]. */
+extern uint64_t sa__own_ctx_ids_from;
 
 /* ---- the core: what each file gives the others -------------------------- */
 
 /* process.c */
 SA_COLD void sa__set_exit_hook_slow(struct sa_thread *t);
+bool sa__loop_abandoned(const uv_loop_t *loop);
 
 /* pool.c */
 SA_COLD int sa__cache_refill(struct sa_thread *t);
@@ -259,7 +271,9 @@ void sa__ctx_unregister(struct sa_ctx *ctx);
 
 /* private.c */
 int sa__enter_private(struct sa_thread *t, struct sa_private **out);
-void sa__loop_teardown(struct sa_ctx *ctx);
+void sa__private_time_refresh(struct sa_private *p);
+void sa__wind_down(struct sa_ctx *ctx);
+void sa__wind_completed(sa_call_t *call);
 void sa__thread_exit(void *arg);
 
 /* delivery.c */
@@ -267,7 +281,7 @@ SA_COLD void sa__wake_sleepers_now(struct sa_future_rec *r);
 uint64_t sa__let_go(struct sa_future_rec *r, uint64_t bits);
 void sa__deliver(struct sa_future_rec *r);
 void sa__deliver_held(struct sa_future_rec *r);
-bool sa__unqueue_late(struct sa_future_rec *r, uint64_t *word);
+void sa__drain_now(struct sa_ctx *ctx);
 SA_COLD int sa__defer_first(struct sa_ctx *ctx, struct sa_future_rec *r);
 SA_COLD int sa__defer_then_first(struct sa_ctx *ctx, struct sa_future_rec *r);
 
@@ -292,6 +306,7 @@ int sa__request_time_out(struct sa_future_rec *r, sa_future_t future);
 
 /* message.c: messages between threads */
 int sa__post(struct sa_ctx *ctx, uint64_t id, struct sa_msg *m);
+void sa__wake_loop(struct sa_ctx *ctx, uint64_t id);
 int sa__post_request(struct sa_ctx *ctx, uint64_t id, sa_msg_fn *handle, sa_future_t target);
 int sa__request(struct sa_future_rec *r, sa_future_t future, sa_msg_fn *handle);
 int sa__request_cancel(struct sa_future_rec *r, sa_future_t future);
@@ -326,6 +341,21 @@ static inline struct sa_future_rec *sa__lookup(sa_future_t f, uint64_t *word) {
   if (W_GEN(w) != (uint32_t)(f.id >> 32) || (w & W_FREE))
     return NULL;
   *word = w;
+  return r;
+}
+
+/* Whether a context id belongs to the parent of this fork child: then so
+ * do its loop, its futures and its home [SA-THR-3]. */
+static inline bool sa__inherited(uint64_t ctx_id) { return ctx_id < sa__own_ctx_ids_from; }
+
+/* The record a caller's handle names, if the caller may still use it: not
+ * released (also while its call runs on) [SA-FUT-6], and not the parent's,
+ * in a fork child [SA-THR-3]. */
+static inline struct sa_future_rec *sa__lookup_live(sa_future_t f, uint64_t *word) {
+  struct sa_future_rec *r = sa__lookup(f, word);
+  if (r && ((*word & W_RELEASED) ||
+            sa__inherited(atomic_load_explicit(&r->ctx_id, memory_order_relaxed))))
+    return NULL;
   return r;
 }
 
@@ -399,8 +429,11 @@ static inline int sa__scope_push(struct sa_thread *t, struct sa_ctx *ctx) {
   return 0;
 }
 
+/* Pop the innermost scope. A fork child has none left of those its frames
+ * pushed before the fork [process.c]: their pops find nothing. */
 static inline void sa__scope_pop(struct sa_thread *t) {
-  sa__ctx_running_add(t->scopes[--t->depth], -1);
+  if (SA_LIKELY(t->depth))
+    sa__ctx_running_add(t->scopes[--t->depth], -1);
 }
 
 static inline struct sa_ctx *sa__top_ctx(const struct sa_thread *t) {
@@ -499,6 +532,26 @@ static inline int sa__defer_then(struct sa_ctx *ctx, struct sa_future_rec *r) {
   ctx->then_tail = r;
   return 0;
 }
+
+/* A private loop is not running when a call starts on it: its cached time
+ * is that of its last run, which may be long past. Ops start with it current
+ * [SA-OP-5], as they would at the start of a loop iteration. Reading libuv's
+ * clock costs ~55 instructions; on x86 the time-stamp counter (one
+ * instruction) tells whether a refresh is due: one is good for 2^20 counter
+ * ticks, at most ~1 ms on any x86 whose counter runs at a constant 1 GHz or
+ * more (all of the last fifteen years). A counter that differs between CPUs
+ * can make a refresh late by the difference only. Elsewhere, every call
+ * refreshes. */
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define SA_FRESH_TICKS ((uint64_t)1 << 20)
+static inline uint64_t sa__ticks(void) { return __builtin_ia32_rdtsc(); }
+static inline bool sa__private_time_stale(const struct sa_private *p) {
+  return sa__ticks() - p->refreshed_at >= SA_FRESH_TICKS;
+}
+#else
+static inline uint64_t sa__ticks(void) { return 0; }
+static inline bool sa__private_time_stale(const struct sa_private *p) { return (void)p, true; }
+#endif
 
 /* What every dispatching call checks [SA-ERR-3]: a known mode, and a place
  * for the future wherever the call may be async. */

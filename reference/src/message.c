@@ -29,6 +29,15 @@ int sa__post(struct sa_ctx *ctx, uint64_t id, struct sa_msg *m) {
   return open ? 0 : SA_ECANCELED;
 }
 
+/* Wake `ctx`'s loop if it still has id `id`, with no message: its thread
+ * looks again at what it waits for (on_wakeup). Any thread. */
+void sa__wake_loop(struct sa_ctx *ctx, uint64_t id) {
+  pthread_mutex_lock(&ctx->inbox_mutex);
+  if (id != 0 && atomic_load_explicit(&ctx->id, memory_order_relaxed) == id && ctx->wakeup_ready)
+    uv_async_send(&ctx->wakeup);
+  pthread_mutex_unlock(&ctx->inbox_mutex);
+}
+
 /* Post a request about call `target` (a cancel, a time-out) to `ctx`. If
  * that loop is gone, so is the call, settled with it: nothing to do. */
 int sa__post_request(struct sa_ctx *ctx, uint64_t id, sa_msg_fn *handle, sa_future_t target) {
@@ -76,6 +85,8 @@ static void on_wakeup(uv_async_t *async) {
   }
   if (ctx->home && sa__home_stopping(ctx))
     sa__home_begin_stop(ctx);
+  if (ctx->waiting)
+    uv_stop(ctx->loop); /* a wait whose future was released [future.c] */
   if (pushed)
     sa__scope_pop(t);
 }

@@ -2,8 +2,8 @@
  * private.c - private loops and thread exit: each thread's own loops, which
  * run its sync calls (loop 0 those from plain code and the async calls it
  * starts there, the others sync calls nested in a running loop), taken on
- * demand and torn down when the thread exits; and the teardown of any loop
- * the dispatcher owns.
+ * demand and wound down when the thread exits; and the wind-down of any
+ * loop the dispatcher owns.
  */
 #include "internal.h"
 
@@ -27,33 +27,59 @@ static void private_to_spares(struct sa_private *p) {
   pthread_mutex_unlock(&sa__registry_mutex);
 }
 
-/* Close a loop the dispatcher owns, whatever is still on it: refuse its
- * messages, settle every undelivered call with SA_ECANCELED (a timed-out
- * call keeps its SA_ETIMEDOUT), close every handle and close the loop.
- * Continuations are not called: the loop they would run on is going away. */
-void sa__loop_teardown(struct sa_ctx *ctx) {
-  sa__ctx_retire(ctx);
-  struct sa_future_rec *released = NULL;
-  sa__then_close(ctx);
-  struct sa_future_rec *q = ctx->then_head;
-  ctx->then_head = NULL;
-  while (q) {
-    struct sa_future_rec *r = q;
-    q = r->next_free;
-    sa__rec_recycle(r);
+/* A call the wind-down waits for has completed: the last one ends the
+ * wait. */
+void sa__wind_completed(sa_call_t *call) {
+  struct sa_ctx *ctx = sa__call_ctx(call);
+  call->flags &= ~CALL_WINDING;
+  if (--ctx->winding == 0)
+    uv_stop(ctx->loop);
+}
+
+/* Ask every call pending on `ctx` to stop: run the cancel hook of those whose
+ * op has one (a call timed out has had it already) and count them in
+ * ctx->winding until they complete. A hook may complete, and deliver, any
+ * call of the list: a cursor in the list keeps the walk's place. */
+static void wind_cancel_all(struct sa_ctx *ctx) {
+  struct sa_future_rec *cursor = &ctx->wind_cursor, *r;
+  cursor->prev_pending = NULL;
+  cursor->next_pending = ctx->pending;
+  if (ctx->pending)
+    ctx->pending->prev_pending = cursor;
+  ctx->pending = cursor;
+  while ((r = cursor->next_pending) != NULL) {
+    /* Step the cursor past r. */
+    if (cursor->prev_pending)
+      cursor->prev_pending->next_pending = r;
+    else
+      ctx->pending = r;
+    r->prev_pending = cursor->prev_pending;
+    cursor->next_pending = r->next_pending;
+    if (r->next_pending)
+      r->next_pending->prev_pending = cursor;
+    r->next_pending = cursor;
+    cursor->prev_pending = r;
+    if ((r->call.flags & CALL_COMPLETED) || !r->call.op->cancel)
+      continue;
+    r->call.flags |= CALL_WINDING;
+    ctx->winding++;
+    if (!(r->call.flags & CALL_TIMED_OUT))
+      r->call.op->cancel(&r->call, ctx->loop, r->call.arg);
   }
-  q = ctx->deferred_head;
-  ctx->deferred_head = ctx->deferred_tail = NULL;
-  while (q) {
-    struct sa_future_rec *r = q;
-    uint64_t w;
-    q = r->next_deferred;
-    if (r->call.flags & CALL_THEN) {
-      sa__rec_recycle(r); /* a queued then-call is never pending */
-    } else if (atomic_load_explicit(&r->word, memory_order_relaxed) & W_DONE) {
-      sa__unqueue_late(r, &w); /* late continuation dropped with its loop */
-    }
-  }
+  if (cursor->prev_pending)
+    cursor->prev_pending->next_pending = NULL;
+  else
+    ctx->pending = NULL;
+}
+
+/* Deliver every call still pending on `ctx` once, as its loop goes: with
+ * SA_ECANCELED unless its op completed (a call timed out keeps
+ * SA_ETIMEDOUT; one whose result went out at its deadline is not delivered
+ * again). The op may still hold the call (it has no hook): each record
+ * stays held, out of the pool, until the loop is closed. Returns them,
+ * linked through next_deferred. */
+static struct sa_future_rec *wind_settle(struct sa_ctx *ctx) {
+  struct sa_future_rec *held = NULL;
   while (ctx->pending) {
     struct sa_future_rec *r = ctx->pending;
     sa__pending_unlink(ctx, r);
@@ -62,46 +88,80 @@ void sa__loop_teardown(struct sa_ctx *ctx) {
     if (!(r->call.flags & (CALL_COMPLETED | CALL_TIMED_OUT)))
       sa__call_settle(&r->call, SA_ECANCELED, NULL);
     r->call.flags |= CALL_COMPLETED;
-    /* Ops may still call sa_complete on it while the loop drains: keep a
-     * released record out of the pool until then. */
-    if (r->call.flags & CALL_THEN) { /* no handle: no word to mark */
-      r->next_deferred = released;
-      released = r;
+    r->next_deferred = held;
+    held = r;
+    if (r->call.flags & CALL_THEN) {
+      r->cont(SA_FUTURE_NULL, sa__call_status(&r->call), sa__call_value(&r->call),
+              r->cont_data);
       continue;
     }
-    uint64_t w = sa__mark_done(r, W_DONE, true);
-    if (w & W_RELEASED) {
-      r->next_deferred = released;
-      released = r;
-    } else if (w & W_HELD) {
-      sa__let_go(r, W_HELD); /* the holder frees it when it releases */
-    }
+    if (r->call.flags & CALL_HELD)
+      continue; /* its result went out at its deadline */
+    r->call.flags |= CALL_HELD;
+    uint64_t w = sa__mark_done(r, W_DONE | W_HELD, true);
+    if (!(w & W_RELEASED) && r->cont)
+      r->cont(sa__handle_of(r, w), sa__call_status(&r->call), sa__call_value(&r->call),
+              r->cont_data);
   }
+  return held;
+}
+
+/* Close a loop the dispatcher owns, whatever is still on it [SA-THR-2,
+ * SA-HOME-4]. New calls on it are refused; results queued are delivered;
+ * every pending call whose op has a cancel hook is asked to stop and waited
+ * for (the loop runs until they complete), so that the ops' own callbacks
+ * free what they hold; every call still pending is then delivered, with
+ * SA_ECANCELED unless its op completed; messages are refused, every handle
+ * left is closed and the loop closed. Callbacks run in async context on the
+ * loop. */
+void sa__wind_down(struct sa_ctx *ctx) {
+  struct sa_thread *t = &sa__self;
+  bool pushed = sa__scope_for_callbacks(t, ctx);
+  ctx->closing = true;
+  sa__drain_now(ctx);
+  wind_cancel_all(ctx);
+  ctx->waiting++;
+  while (ctx->winding && uv_run(ctx->loop, UV_RUN_DEFAULT) != 0)
+    ;
+  ctx->waiting--;
+  sa__drain_now(ctx);
+  struct sa_future_rec *held = wind_settle(ctx);
+  if (pushed)
+    sa__scope_pop(t);
+  sa__ctx_retire(ctx);
   uv_walk(ctx->loop, close_any, NULL);
   while (uv_loop_close(ctx->loop) == UV_EBUSY)
     uv_run(ctx->loop, UV_RUN_DEFAULT);
-  while (released) {
-    struct sa_future_rec *r = released;
-    released = r->next_deferred;
-    SA_HAPPENS_AFTER(&r->word); /* a releasing thread let go of it */
-    atomic_store(&r->word, W_NEXT_GEN_FREE(atomic_load(&r->word)));
-    sa__rec_recycle(r);
+  while (held) { /* no op can reach them now */
+    struct sa_future_rec *r = held;
+    held = r->next_deferred;
+    if (r->call.flags & CALL_THEN)
+      sa__rec_recycle(r);
+    else
+      sa__let_go(r, W_HELD);
   }
 }
 
 static void private_destroy(struct sa_private *p) {
-  sa__loop_teardown(&p->ctx);
+  sa__wind_down(&p->ctx);
   private_to_spares(p);
 }
 
+/* Continuations run by a wind-down may make sync calls on new private
+ * loops: look again until none is left. */
 static void private_destroy_all(struct sa_thread *t) {
-  for (unsigned k = 0; k < SA_MAX_SYNC_DEPTH; k++) {
-    struct sa_private *p = t->priv[k];
-    if (p) {
-      t->priv[k] = NULL;
-      private_destroy(p);
+  bool destroyed;
+  do {
+    destroyed = false;
+    for (unsigned k = 0; k < SA_MAX_SYNC_DEPTH; k++) {
+      struct sa_private *p = t->priv[k];
+      if (p) {
+        private_destroy(p);
+        t->priv[k] = NULL;
+        destroyed = true;
+      }
     }
-  }
+  } while (destroyed);
 }
 
 void sa__thread_exit(void *arg) {
@@ -154,9 +214,18 @@ static int pick_private(struct sa_thread *t, struct sa_private **out) {
   return SA_ELOOP;
 }
 
+/* Read the loop's clock: calls start with a current time [SA-OP-5]. */
+void sa__private_time_refresh(struct sa_private *p) {
+  p->refreshed_at = sa__ticks();
+  uv_update_time(&p->loop);
+}
+
 /* Pick a private loop and put the thread in async context on it, to start
  * calls there; the caller pops the scope. */
 int sa__enter_private(struct sa_thread *t, struct sa_private **out) {
   int rc = pick_private(t, out);
-  return rc ? rc : sa__scope_push(t, &(*out)->ctx);
+  if (rc)
+    return rc;
+  sa__private_time_refresh(*out);
+  return sa__scope_push(t, &(*out)->ctx);
 }
