@@ -120,16 +120,17 @@ def quick_stress(scenarios):
 @dataclasses.dataclass
 class Killer:
     name: str
-    flavour: str   # the build it runs in (FLAVOURS)
+    flavour: str  # the build it runs in (FLAVOURS)
     targets: tuple  # the CMake targets it runs
     run: object
 
 
-# In this order; a killer whose targets the build does not have is left out.
-# The model-based random tests take one line here, before the stress runs:
-#   Killer("model", "gcc", (TARGET,), programs([("model", [PATH, ARGS...])])),
+# In this order; a killer whose targets the build does not have is left out
+# (the model-based random tests, model/, until they land).
 KILLERS = [
     Killer("conformance", "gcc", ("conformance_suite", "conformance_fork"), conformance),
+    Killer("model", "gcc", ("sa_model",),
+           programs([("model", ["model/sa_model", "--no-shrink"])])),
     Killer("stress", "gcc", ("sa_stress",), programs(quick_stress(SCENARIOS))),
     # TSan cannot fork a threaded process: no fork scenario.
     Killer("tsan", "tsan", ("sa_stress",),
@@ -293,8 +294,10 @@ def revision():
     def git(*args):
         return subprocess.run(["git", *args], cwd=REPO, capture_output=True,
                               text=True).stdout.strip()
-    return git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain",
-                                                                  SOURCES) else "")
+    head = git("rev-parse", "--short", "HEAD")
+    if not head:
+        return "unknown"
+    return head + ("+dirty" if git("status", "--porcelain", SOURCES) else "")
 
 
 def write_report(out, meta, results):

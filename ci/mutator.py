@@ -55,7 +55,8 @@ IMPLICIT_ATOMICS = {"atomic_load": 1, "atomic_store": 1, "atomic_exchange": 1,
                     "atomic_compare_exchange_strong": 2, "atomic_compare_exchange_weak": 2,
                     "atomic_flag_test_and_set": 1, "atomic_flag_clear": 1}
 LOCKS = ("pthread_mutex_lock", "pthread_mutex_unlock")
-INTEGER_TYPES = {ci.TypeKind.CHAR_U, ci.TypeKind.UCHAR, ci.TypeKind.USHORT, ci.TypeKind.UINT,
+# Result types `return 0;` fits: integers, enums, pointers.
+ZERO_RESULTS = {ci.TypeKind.CHAR_U, ci.TypeKind.UCHAR, ci.TypeKind.USHORT, ci.TypeKind.UINT,
                  ci.TypeKind.ULONG, ci.TypeKind.ULONGLONG, ci.TypeKind.CHAR_S,
                  ci.TypeKind.SCHAR, ci.TypeKind.SHORT, ci.TypeKind.INT, ci.TypeKind.LONG,
                  ci.TypeKind.LONGLONG, ci.TypeKind.ENUM, ci.TypeKind.POINTER}
@@ -287,14 +288,15 @@ class Finder:
     # ---- return -----------------------------------------------------------
     def early_returns(self, src, fn, body):
         brace = body.extent.start.offset
-        if src.tokens.get(brace) != "{" or "noreturn" in src.text[fn.extent.start.offset:brace].decode():
+        declarator = src.text[fn.extent.start.offset:brace]
+        if src.tokens.get(brace) != "{" or b"noreturn" in declarator:
             return
         kind = fn.result_type.get_canonical().kind
         if kind == ci.TypeKind.VOID:
             values = {"void": ""}
         elif kind == ci.TypeKind.BOOL:
             values = {"true": " true", "false": " false"}
-        elif kind in INTEGER_TYPES:
+        elif kind in ZERO_RESULTS:
             values = {"0": " 0"}
             if kind in SIGNED_TYPES and "SA_EINVAL" in self.macros:
                 values["einval"] = " SA_EINVAL"
@@ -308,7 +310,8 @@ class Finder:
         offset = cursor.extent.start.offset
         order = self.token(src, offset, STRONG_ORDERS)
         if order and cursor.spelling == order:
-            self.add(src, "order", "relaxed", (offset, offset + len(order), "memory_order_relaxed"))
+            self.add(src, "order", "relaxed",
+                     (offset, offset + len(order), "memory_order_relaxed"))
 
     def implicit_atomic(self, src, macro):
         start, name = macro.extent.start.offset, macro.spelling
