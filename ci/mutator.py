@@ -224,7 +224,10 @@ class Finder:
                 self.condition(src, child)
 
     def visit_binary_operator(self, src, cursor):
-        lhs, rhs = cursor.get_children()
+        operands = list(cursor.get_children())
+        if len(operands) != 2:
+            return
+        lhs, rhs = operands
         between = src.between(lhs.extent.end.offset, rhs.extent.start.offset)
         if len(between) != 1:
             return
@@ -241,7 +244,10 @@ class Finder:
     visit_compound_assignment_operator = visit_binary_operator
 
     def visit_unary_operator(self, src, cursor):
-        (child,) = cursor.get_children()
+        operands = list(cursor.get_children())
+        if len(operands) != 1:
+            return
+        child = operands[0]
         prefix = cursor.extent.start.offset < child.extent.start.offset
         offset = cursor.extent.start.offset if prefix else child.extent.end.offset
         op = self.token(src, offset, ("!", "++", "--"))
@@ -281,7 +287,7 @@ class Finder:
         name_end = start + len(macro.spelling)
         if src.text[name_end:name_end + 1] == b"(":
             return  # function-like
-        values = [t for t in tokens[1:] if t[1] not in "()"]
+        values = [t for t in tokens[1:] if t[1] not in ("(", ")")]
         if len(values) == 1 and values[0][1][0].isdigit():
             self.integer(src, *values[0])
 
