@@ -1,9 +1,10 @@
-"""The mutation score of the test suites on the reference (run it as ci/mutation).
+"""The mutation score of the test suites on the reference.
 
-Every mutant (ci/mutator.py) of the sources under reference/src/ is built as
-a static library the test programs are relinked against, and the killers
-below run in order until one kills it: a killer kills when something that
-passes on the unmutated reference fails on the mutant (a requirement of the
+Run it as ci/mutation, which installs what it needs. Every mutant
+(ci/mutator.py) of the sources under reference/src/ is built as a static
+library the test programs are relinked against, and the killers below run
+in order until one kills it: a killer kills when something that passes on
+the unmutated reference fails on the mutant (a requirement of the
 conformance suite, a stress scenario), or when it runs past its time limit.
 """
 
@@ -387,13 +388,17 @@ def result(mutant, source, verdict, seconds):
 
 def main():
     ap = argparse.ArgumentParser(prog="ci/mutation", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="build-mutation/report", help="where the reports go")
-    ap.add_argument("--build", default="build-mutation", help="the build trees")
-    ap.add_argument("--sample", type=int, help="a random sample of N mutants")
-    ap.add_argument("--seed", type=int, default=1, help="the sample's seed (default 1)")
+    ap.add_argument("--out", default="build-mutation/report", metavar="DIR",
+                    help="where the reports go (default build-mutation/report)")
+    ap.add_argument("--build", default="build-mutation", metavar="DIR",
+                    help="the build trees (default build-mutation)")
+    ap.add_argument("--sample", type=int, metavar="N", help="a random sample of N mutants")
+    ap.add_argument("--seed", type=int, default=1, metavar="S",
+                    help="the sample's seed (default 1)")
     ap.add_argument("--only", action="append", default=[], metavar="ID",
                     help="this mutant only (repeatable)")
-    ap.add_argument("--jobs", type=int, default=1, help="mutants tested at once (default 1)")
+    ap.add_argument("--jobs", type=int, default=1, metavar="N",
+                    help="mutants tested at once (default 1)")
     ap.add_argument("--list", action="store_true", help="print the mutants, run nothing")
     args = ap.parse_args()
     os.chdir(REPO)
