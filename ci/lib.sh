@@ -24,6 +24,10 @@ valgrind strace clang python3 libxml2-utils"
 SA_EXAMPLE_PACKAGES="libhttp-parser-dev libjansson-dev libpq-dev libsqlite3-dev \
 postgresql postgresql-client sqlite3"
 
+# What ci/mutation needs besides: libclang's Python bindings, and the
+# ThreadSanitizer runtime (only a Recommends of clang).
+SA_MUTATION_PACKAGES="python3-clang-14 libclang-rt-14-dev"
+
 jobs() { nproc 2>/dev/null || echo 2; }
 
 # The implementation under test, as --impl and --include name it: a CMake
