@@ -15,18 +15,18 @@ ensure_packages() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $missing
 }
 
-# What building and testing the project needs.
+# What building and testing the project needs (the ThreadSanitizer runtime,
+# libclang-rt-14-dev, is only a Recommends of clang).
 SA_PACKAGES="build-essential cmake pkg-config patch libuv1-dev libcriterion-dev libbenchmark-dev \
-valgrind strace clang python3 libxml2-utils"
+valgrind strace clang libclang-rt-14-dev python3 libxml2-utils"
 
 # What the data-pipeline example and its integration test need: its libraries,
 # and the servers and clients the test starts and queries.
 SA_EXAMPLE_PACKAGES="libhttp-parser-dev libjansson-dev libpq-dev libsqlite3-dev \
 postgresql postgresql-client sqlite3"
 
-# What ci/mutation needs besides: libclang's Python bindings, and the
-# ThreadSanitizer runtime (only a Recommends of clang).
-SA_MUTATION_PACKAGES="python3-clang-14 libclang-rt-14-dev"
+# What ci/mutation needs besides: libclang's Python bindings.
+SA_MUTATION_PACKAGES="python3-clang-14"
 
 jobs() { nproc 2>/dev/null || echo 2; }
 
