@@ -2,10 +2,10 @@
 """Budget gate for the overhead benchmarks.
 
 Measures each implementation case interleaved with each of its baselines
-(bench_paired: A B B A ..., in three processes per pair) and prints, per
+(bench_paired: A B B A ..., in nine processes per pair) and prints, per
 case, the median and the low quantile of its cost per call with their 95 %
 intervals and its budget verdict; per pair, the median of the paired
-ratios with its interval; the ancestor's model (bench/ancestor.py: Python
+ratios with its interval over the processes; the ancestor's model (bench/ancestor.py: Python
 asyncio) with our ratio to it; and the instructions (callgrind) and
 syscalls (strace) per call of the hot paths. Writes OUT/gate.json.
 
@@ -47,8 +47,10 @@ COUNTED = ["floor/direct-call", "baseline/cached-loop/inline", "baseline/cached-
 
 # The processes a pair's samples are spread over: the address layout of a
 # process (ASLR) moves the cost of a few-ns case by up to a quarter, the
-# same way all through the process, so no one layout may decide a ratio.
-PROCESSES = 3
+# same way all through the process, so a ratio's interval is taken over the
+# processes (stats.process_ratio). Nine is the fewest whose median has a
+# 95 % interval within the extremes (the 2nd and 8th).
+PROCESSES = 9
 
 # The ancestor's cases, and ours that replace them.
 ANCESTOR_OURS = {"ancestor/sync/inline": "sa/sync/inline", "ancestor/sync/tick": "sa/sync/tick",
@@ -67,17 +69,24 @@ def list_cases(instr):
 
 
 def run_paired(paired, a, b, samples, sample_us, threads=1):
-    """The pairs of samples, ns per call of a and of b, from PROCESSES runs of
-    bench_paired; raises with the log if one fails."""
+    """Paired samples, ns per call, from PROCESSES runs of bench_paired
+    sharing `samples`: [(a's, b's) of each process]; raises with the log if
+    one fails."""
     cmd = [paired, "--samples", str(-(-samples // PROCESSES)), "--sample-us", str(sample_us),
            "--threads", str(threads), a, b]
-    pairs = []
+    processes = []
     for _ in range(PROCESSES):
         run = subprocess.run(cmd, capture_output=True, text=True)
         if run.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)}: {run.stderr.strip()}")
-        pairs += [tuple(map(float, line.split("\t"))) for line in run.stdout.splitlines()]
-    return [p[0] for p in pairs], [p[1] for p in pairs]
+        pairs = [tuple(map(float, line.split("\t"))) for line in run.stdout.splitlines()]
+        processes.append(([p[0] for p in pairs], [p[1] for p in pairs]))
+    return processes
+
+
+def pooled(processes, side):
+    """Every sample of one side (0: a, 1: b) of run_paired's processes."""
+    return [x for p in processes for x in p[side]]
 
 
 def run_ancestor(samples):
@@ -156,15 +165,15 @@ def short(name):
 
 def measure(args, cases):
     """Every (case, baseline) pair: {case: samples} pooled over its pairs,
-    and {(case, baseline): paired ratios}."""
+    and {(case, baseline): (ratio, low, high)}."""
     samples = {name: [] for name in cases}
     ratios = {}
     for name, info in cases.items():
         for base in info["compare"]:
-            a, b = run_paired(args.paired, name, base, args.samples, args.sample_us)
-            samples[name] += a
-            samples[base] += b
-            ratios[(name, base)] = stats.paired_ratios(a, b)
+            processes = run_paired(args.paired, name, base, args.samples, args.sample_us)
+            samples[name] += pooled(processes, 0)
+            samples[base] += pooled(processes, 1)
+            ratios[(name, base)] = stats.process_ratio(processes)
     return samples, ratios
 
 
@@ -190,7 +199,7 @@ def judge_cases(cases, samples, ratios, budget_ns, q):
         entry["verdict"] = verdict
         entry["ratios"] = {}
         for base in info["compare"]:
-            r, lo, hi = stats.interval(ratios[(name, base)])
+            r, lo, hi = ratios[(name, base)]
             entry["ratios"][base] = {"median": r, "ci": [lo, hi]}
         out[name] = entry
     return out, broken, undecided

@@ -28,8 +28,8 @@ consecutive points is above stats.BEND_SLOPE. The verdict on cost is taken
 on the instructions, which are exact: the time per call also grows where
 the calls outgrow a cache, by as much as the other programs on the machine
 take of the shared caches (from 10^3 to 10^4 pending calls: a slope of 0.24
-on an idle 2-core machine, 0.55 with both cores busy), so a verdict on it
-would change with the load. The time curve is printed and plotted beside,
+on an idle 2-core machine, 0.55 and 0.93 in two runs with both cores busy),
+so a verdict on it would change with the load. The time curve is printed and plotted beside,
 with its steepest slope. The threads curve is judged on time, as the ratio
 to the cached-loop wrapper at the same thread count, measured interleaved:
 a shared lock shows in time only, and the machine's own scaling (its CPUs,
@@ -51,7 +51,7 @@ import subprocess
 import sys
 
 import stats
-from gate import fmt_interval, run_paired
+from gate import fmt_interval, pooled, run_paired
 
 PENDING = [10 ** k for k in range(2, 7)]
 BATCH = [10 ** k for k in range(0, 6)]
@@ -167,10 +167,10 @@ def threads_curve(paired, counts, samples, sample_us):
     paired ratio to the cached-loop wrapper's at the same count."""
     points, ratios = [], []
     for t in counts:
-        a, b = run_paired(paired, "sa/sync/inline", "baseline/cached-loop/inline", samples,
-                          sample_us, threads=t)
-        points.append(stats.interval(a))
-        ratios.append(stats.interval(stats.paired_ratios(a, b)))
+        processes = run_paired(paired, "sa/sync/inline", "baseline/cached-loop/inline",
+                               samples, sample_us, threads=t)
+        points.append(stats.interval(pooled(processes, 0)))
+        ratios.append(stats.process_ratio(processes))
     return points, ratios
 
 

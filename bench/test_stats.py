@@ -78,6 +78,29 @@ class Intervals(unittest.TestCase):
         self.assertGreater(max(unpaired) / min(unpaired), 2)
 
 
+    def test_ratio_over_processes_holds_from_run_to_run(self):
+        """A layout per process moves its ratio by a quarter (in 3 processes
+        of 10): the interval over the processes' medians holds the true
+        ratio run after run; one over all the samples, seldom."""
+        rng = random.Random(6)
+        by_process = pooled = 0
+        for _ in range(300):
+            processes = []
+            for _ in range(9):
+                layout = 1.25 if rng.random() < 0.3 else 1.0
+                loads = [rng.uniform(1, 3) for _ in range(34)]
+                processes.append(([1.1 * layout * x * (1 + 0.02 * rng.gauss(0, 1)) for x in loads],
+                                  [x * (1 + 0.02 * rng.gauss(0, 1)) for x in loads]))
+            _, lo, hi = stats.process_ratio(processes)
+            by_process += lo <= 1.1 <= hi
+            a = [x for p in processes for x in p[0]]
+            b = [x for p in processes for x in p[1]]
+            _, lo, hi = stats.interval(stats.paired_ratios(a, b))
+            pooled += lo <= 1.1 <= hi
+        self.assertGreaterEqual(by_process, 255)
+        self.assertLessEqual(pooled, 90)
+
+
 def statistics_median(xs):
     return stats.quantile(xs, 0.5)
 
