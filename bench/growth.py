@@ -262,7 +262,7 @@ def print_churn(result):
 def print_memory(memory):
     print(f"\nmemory per pending call at {SPIKE:,} pending (the op allocates nothing; "
           "a fresh process each)")
-    print(f"  {'calls':28} {'heap/call':>10} {'RSS/call':>10}   {'RSS before':>10} "
+    print(f"  {'per':28} {'heap':>10} {'RSS':>10}   {'RSS before':>10} "
           f"{'at peak':>10} {'after':>10}")
     for name, m in memory.items():
         rss = m["rss_bytes"]
@@ -295,7 +295,7 @@ def check_targets(churn_result, memory, curve_result):
     targets.append({"what": "one sync call adds <= 2 us to a thread (one at a time)",
                     "measured": fmt_interval(*one),
                     "met": stats.at_most(one[1], one[2], CHURN_TARGET_NS)})
-    rss = memory["pending futures"]["rss_bytes"]
+    rss = memory["pending future"]["rss_bytes"]
     targets.append({"what": f"RSS after a spike of {SPIKE:,} pending futures within 10 % "
                             "of before",
                     "measured": f"{fmt_bytes(rss[0])} before, {fmt_bytes(rss[1])} at peak, "
@@ -326,9 +326,9 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     try:
         churn_result = churn(args.growth, args.churn_samples)
-        memory = {"pending futures": memory_point(args.growth, "pending", SPIKE),
-                  "sa_dispatch_then calls": memory_point(args.growth, "then", SPIKE),
-                  "batch items": memory_point(args.growth, "batch", SPIKE)}
+        memory = {"pending future": memory_point(args.growth, "pending", SPIKE),
+                  "sa_dispatch_then call": memory_point(args.growth, "then", SPIKE),
+                  "batch item": memory_point(args.growth, "batch", SPIKE)}
         curve_result = curves(args)
     except RuntimeError as e:
         print(f"growth: {e}", file=sys.stderr)

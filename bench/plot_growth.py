@@ -207,9 +207,9 @@ def memory_rows(memory):
     rows = []
     for name, m in memory.items():
         rss = m["rss_bytes"]
-        rows.append((f"{name}: bytes per call (heap)", m["heap"], None, None, "#1f77b4"))
+        rows.append((f"bytes per {name} (heap)", m["heap"], None, None, "#1f77b4"))
         for when, v in zip(("RSS before", "RSS at peak", "RSS after"), rss):
-            rows.append((f"{name}: {when}", v, None, None, "#aaaaaa"))
+            rows.append((f"{name}s: {when}", v, None, None, "#aaaaaa"))
     return rows
 
 
@@ -227,7 +227,7 @@ def main():
               "Thread churn: per thread, a bare create+join and one making a sync call "
               "(median, 95 % interval)",
               [(one["bare_ns"][0] + 2000, "bare + 2 us (target, one at a time)")])
-    spike = growth["memory"]["pending futures"]["rss_bytes"][0]
+    spike = growth["memory"]["pending future"]["rss_bytes"][0]
     y = hbars(body, y, memory_rows(growth["memory"]), 1, label_bytes,
               "Memory at 100,000 pending calls: bytes per call, and resident memory before, "
               "at the peak and after",
