@@ -16,8 +16,8 @@ Writes OUT/growth.json.
   before, at the peak and after every result is delivered and every
   future released.
 - Curves, as N grows: calls pending on one loop (10^2..10^6), batch size
-  (1..10^5), sync nesting depth (1, 2, 4, ... SA_MAX_SYNC_DEPTH), threads
-  (1, 2, 4, ... up to 16 where the machine has the CPUs). Per unit, at
+  (1..10^5), sync nesting depth (1..SA_MAX_SYNC_DEPTH), threads (1, 2, 4,
+  ... up to 16 where the machine has the CPUs). Per unit, at
   each point: the time (the points of a curve timed in turn in one
   process, so the time of a point over the one before is a paired ratio,
   whose interval gives the slope's), the instructions (callgrind: one warm
@@ -72,15 +72,6 @@ def run_growth(binary, *args):
     if run.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)}: {run.stderr.strip()}")
     return json.loads(run.stdout) if run.stdout.startswith("{") else run.stdout.strip()
-
-
-def doubling(limit):
-    """1, 2, 4, ... up to limit, and limit: every step at least doubles N,
-    except perhaps the last, so that no slope is taken over a short step."""
-    ns = [1]
-    while ns[-1] * 2 <= limit:
-        ns.append(ns[-1] * 2)
-    return ns if ns[-1] == limit else ns + [limit]
 
 
 def thread_counts():
@@ -206,7 +197,7 @@ def curve_entry(ns, points, time_segments, memory, instructions=None, ratios=Non
 def curves(args):
     max_depth = int(run_growth(args.growth, "max-depth"))
     plan = {"pending": (PENDING, 1), "batch": (BATCH, 1),
-            "depth": (doubling(max_depth), CHEAP_SAMPLES)}
+            "depth": (list(range(1, max_depth + 1)), CHEAP_SAMPLES)}
     counting = not args.no_counts and shutil.which("valgrind") is not None
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
         counts = {curve: [pool.submit(instructions_per_unit, args.growth, curve, n)
