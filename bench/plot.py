@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Plot gate.json as an SVG: per-call cost of each case on a log scale,
-grouped by op, implementation cases next to their baselines, with the sync
-and async budgets drawn as lines.
+"""Plot gate.json as an SVG, on log scales: the cost per call of each case
+(median, its 95 % interval as a whisker, the quantile that budgets judge as
+a tick), grouped by op, implementation cases next to their baselines and to
+the ancestor's model, with the sync and async budgets drawn as lines; then
+the paired ratio of each case to each of its baselines, with its interval.
 
   plot.py GATE_JSON OUT_SVG
 """
@@ -10,22 +12,129 @@ import math
 import sys
 from xml.sax.saxutils import escape
 
-LO, HI = 1.0, 1e6  # ns: 1 ns .. 1 ms
-LEFT, RIGHT, TOP, ROW, GAP = 250, 40, 50, 20, 14
+LEFT, RIGHT, TOP, ROW, GAP = 250, 60, 50, 20, 14
 WIDTH = 900
-COLORS = {"sync": "#1f77b4", "async": "#2ca02c", "baseline": "#aaaaaa"}
+COLORS = {"sync": "#1f77b4", "async": "#2ca02c", "baseline": "#aaaaaa", "ancestor": "#d62728"}
 
 
-def x_of(ns):
-    ns = min(max(ns, LO), HI)
-    return LEFT + (WIDTH - LEFT - RIGHT) * math.log10(ns / LO) / math.log10(HI / LO)
+class LogAxis:
+    """x positions of values from lo to hi on a log scale."""
+
+    def __init__(self, lo, hi):
+        self.lo, self.hi = lo, hi
+
+    def x(self, v):
+        v = min(max(v, self.lo), self.hi)
+        return LEFT + (WIDTH - LEFT - RIGHT) * math.log10(v / self.lo) / math.log10(
+            self.hi / self.lo)
+
+    def decades(self):
+        return [10 ** e for e in range(round(math.log10(self.lo)), round(math.log10(self.hi)) + 1)]
 
 
-def label(ns):
+def label_ns(ns):
     for unit, scale in (("ms", 1e6), ("us", 1e3)):
         if ns >= scale:
             return f"{ns / scale:.3g} {unit}"
     return f"{ns:.3g} ns"
+
+
+def label_ratio(r):
+    return f"{r:.3g}"
+
+
+def grid(out, at, axis, top, bottom, label):
+    """Grid lines from top to bottom, under what out holds from index `at`."""
+    lines = []
+    for v in axis.decades():
+        x = axis.x(v)
+        lines.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{bottom}" stroke="#e5e5e5"/>')
+        lines.append(f'<text x="{x:.1f}" y="{bottom + 14}" text-anchor="middle">{label(v)}</text>')
+    out[at:at] = lines
+
+
+def whisker(out, axis, y, lo, hi):
+    if lo is None or hi is None:
+        return
+    x0, x1 = axis.x(lo), axis.x(hi)
+    out.append(f'<line x1="{x0:.1f}" y1="{y}" x2="{x1:.1f}" y2="{y}" stroke="black"/>')
+    for x in (x0, x1):
+        out.append(f'<line x1="{x:.1f}" y1="{y - 4}" x2="{x:.1f}" y2="{y + 4}" stroke="black"/>')
+
+
+def bar(out, axis, y, value, color, text, interval):
+    """A bar to value, its interval as a whisker, the text past both."""
+    x = axis.x(value)
+    out.append(f'<rect x="{LEFT}" y="{y + 3}" width="{max(x - LEFT, 1):.1f}" '
+               f'height="{ROW - 6}" fill="{color}"/>')
+    whisker(out, axis, y + ROW / 2, *interval)
+    end = max(x, axis.x(interval[1])) if interval[1] is not None else x
+    out.append(f'<text x="{end + 6:.1f}" y="{y + 14}">{escape(text)}</text>')
+
+
+def row_label(out, y, text, bold=False):
+    weight = ' font-weight="bold"' if bold else ""
+    anchor = "start" if bold else "end"
+    x = 8 if bold else LEFT - 8
+    out.append(f'<text x="{x}" y="{y + 14}" text-anchor="{anchor}"{weight}>{escape(text)}</text>')
+
+
+def cost_rows(gate):
+    """(op, [(name, kind, entry)]) in op order: ours, the baselines, the ancestor."""
+    groups = {}
+    for name, e in gate["cases"].items():
+        groups.setdefault(e["op"], []).append((name, e["kind"], e))
+    for name, e in gate.get("ancestor", {}).get("cases", {}).items():
+        groups.setdefault(name.rsplit("/", 1)[-1], []).append((name, "ancestor", e))
+    order = {"sync": 0, "async": 1, "baseline": 2, "ancestor": 3}
+    return [(op, sorted(rows, key=lambda r: (order[r[1]], r[0]))) for op, rows in groups.items()]
+
+
+def cost_section(out, gate, y):
+    axis = LogAxis(1, 1e6)
+    top, at = y, len(out)
+    for op, rows in cost_rows(gate):
+        row_label(out, y, f"op: {op}", bold=True)
+        y += ROW
+        for name, kind, e in rows:
+            row_label(out, y, name)
+            ns = e.get("median_ns_per_call")
+            if ns is not None:
+                bar(out, axis, y, ns, COLORS[kind], label_ns(ns),
+                    e.get("median_ci", [None, None]))
+                q = e.get("quantile_ns_per_call")
+                if q is not None:
+                    x = axis.x(q)
+                    out.append(f'<line x1="{x:.1f}" y1="{y + 1}" x2="{x:.1f}" y2="{y + ROW - 1}" '
+                               'stroke="black" stroke-width="2"/>')
+            y += ROW
+        y += GAP
+    for kind, ns in gate.get("budgets_ns", {}).items():
+        x = axis.x(ns)
+        out.append(f'<line x1="{x:.1f}" y1="{top - 8}" x2="{x:.1f}" y2="{y}" '
+                   f'stroke="{COLORS[kind]}" stroke-dasharray="6,4" stroke-width="1.5"/>')
+        out.append(f'<text x="{x + 3:.1f}" y="{top - 12}" fill="{COLORS[kind]}">'
+                   f'{kind} budget {label_ns(ns)}</text>')
+    grid(out, at, axis, top - 8, y, label_ns)
+    return y + 30
+
+
+def ratio_section(out, gate, y):
+    axis = LogAxis(1e-4, 1e2)
+    out.append(f'<text x="{WIDTH / 2}" y="{y}" text-anchor="middle" font-size="15">'
+               'Paired ratio, case / baseline (median of interleaved pairs, 95 % interval)'
+               '</text>')
+    y += 20
+    top, at = y, len(out)
+    for name, e in gate["cases"].items():
+        for base, r in e.get("ratios", {}).items():
+            row_label(out, y, f"{name} / {base.split('/', 1)[-1]}")
+            bar(out, axis, y, r["median"], COLORS[e["kind"]], label_ratio(r["median"]), r["ci"])
+            y += ROW
+    x = axis.x(1)
+    out.append(f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{y}" stroke="black"/>')
+    grid(out, at, axis, top - 4, y, label_ratio)
+    return y + 30
 
 
 def main():
@@ -33,53 +142,16 @@ def main():
         sys.exit(__doc__)
     with open(sys.argv[1]) as f:
         gate = json.load(f)
-    cases = gate["cases"]
-    ops = []
-    for info in cases.values():
-        if info["op"] not in ops:
-            ops.append(info["op"])
-    rows = []  # (y, name, info) or (y, op heading, None)
-    y = TOP
-    for op in ops:
-        rows.append((y, op, None))
-        y += ROW
-        members = [(n, i) for n, i in cases.items() if i["op"] == op]
-        members.sort(key=lambda m: (m[1]["kind"] == "baseline", m[0]))
-        for name, info in members:
-            rows.append((y, name, info))
-            y += ROW
-        y += GAP
-    height = y + 40
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
+    body = []
+    y = cost_section(body, gate, TOP)
+    y = ratio_section(body, gate, y + 10)
+    q = gate.get("method", {}).get("quantile")
+    tick = f", tick: the {q:.0%} quantile" if q else ""
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{y}" '
            f'font-family="sans-serif" font-size="12">',
-           f'<rect width="{WIDTH}" height="{height}" fill="white"/>',
+           f'<rect width="{WIDTH}" height="{y}" fill="white"/>',
            f'<text x="{WIDTH / 2}" y="22" text-anchor="middle" font-size="15">'
-           'Per-call cost (median, log scale): implementation vs baselines</text>']
-    for exp in range(0, 7):  # grid: 1 ns .. 1 ms
-        x = x_of(10 ** exp)
-        out.append(f'<line x1="{x:.1f}" y1="{TOP - 8}" x2="{x:.1f}" y2="{height - 35}" '
-                   'stroke="#e5e5e5"/>')
-        out.append(f'<text x="{x:.1f}" y="{height - 20}" text-anchor="middle">'
-                   f'{label(10 ** exp)}</text>')
-    for kind, ns in gate.get("budgets_ns", {}).items():
-        x = x_of(ns)
-        out.append(f'<line x1="{x:.1f}" y1="{TOP - 8}" x2="{x:.1f}" y2="{height - 35}" '
-                   f'stroke="{COLORS[kind]}" stroke-dasharray="6,4" stroke-width="1.5"/>')
-        out.append(f'<text x="{x + 3:.1f}" y="{TOP - 12}" fill="{COLORS[kind]}">'
-                   f'{kind} budget {label(ns)}</text>')
-    for y, name, info in rows:
-        if info is None:
-            out.append(f'<text x="8" y="{y + 14}" font-weight="bold">op: {escape(name)}</text>')
-            continue
-        out.append(f'<text x="{LEFT - 8}" y="{y + 14}" text-anchor="end">{escape(name)}</text>')
-        ns = info.get("median_ns_per_call")
-        if ns is None:
-            continue
-        x = x_of(ns)
-        out.append(f'<rect x="{LEFT}" y="{y + 3}" width="{max(x - LEFT, 1):.1f}" '
-                   f'height="{ROW - 6}" fill="{COLORS[info["kind"]]}"/>')
-        out.append(f'<text x="{x + 4:.1f}" y="{y + 14}">{label(ns)}</text>')
-    out.append("</svg>")
+           f'Per-call cost (median, 95 % interval{tick}; log scale)</text>'] + body + ["</svg>"]
     with open(sys.argv[2], "w") as f:
         f.write("\n".join(out) + "\n")
 
