@@ -56,7 +56,8 @@ if [ "$valgrind" = 1 ]; then
 fi
 export SA_TEST_TIMEOUT
 
-timeout -k 10 "$run_limit" $runner "$suite" --tap="$out/suite.tap" --always-succeed \
+# --verbose: the log keeps what tests log, the matrix's cell counts among it.
+timeout -k 10 "$run_limit" $runner "$suite" --tap="$out/suite.tap" --always-succeed --verbose \
   >"$out/suite.log" 2>&1
 suite_rc=$?
 timeout -k 10 "$((SA_TEST_TIMEOUT * 2))" $runner "$fork" >"$out/fork.tap" 2>"$out/fork.log"
@@ -138,6 +139,26 @@ for id in $failed_ids; do
     | sed 's/^[^:]*:/  /'
 done
 echo "requirements: $req_pass passed, $req_fail failed"
+
+# The matrix's tests (test_matrix.c) each log a line
+#   matrix: SA-ENTRY-3, sa_batch ALL: 162 cells checked, 24 failed
+# summed here per requirement.
+awk '/\] matrix: SA-[A-Z]*-[0-9]*, / {
+  line = $0
+  sub(/.*\] matrix: /, "", line)
+  id = line; sub(/,.*/, "", id)
+  n = line; sub(/ cells checked.*/, "", n); sub(/.*: /, "", n)
+  f = line; sub(/.*cells checked, /, "", f); sub(/ failed.*/, "", f)
+  cells[id] += n; failed[id] += f; tests[id]++
+  total += n; total_failed += f; total_tests++
+}
+END {
+  if (!total_tests) exit
+  printf "matrix: %d cells checked by %d tests, %d failed\n", total, total_tests, total_failed
+  for (id in cells)
+    printf "  %-12s %5d cells, %4d failed, %d tests\n", id, cells[id], failed[id],
+      tests[id] | "sort"
+}' "$out/suite.log"
 
 set --
 [ "$valgrind_errors" -eq 0 ] || set -- --failure "valgrind reports errors in $valgrind_errors processes"
