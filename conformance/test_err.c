@@ -88,6 +88,18 @@ static void start_never(sa_call_t *call, uv_loop_t *loop, void *arg) {
   *(int *)arg = 1;
 }
 
+/* Tries a positive status, refused, then completes validly. */
+struct positive_try {
+  int refused_rc, valid_rc;
+};
+
+static void complete_positive_then_validly(sa_call_t *call, uv_loop_t *loop, void *arg) {
+  struct positive_try *p = arg;
+  (void)loop;
+  p->refused_rc = sa_complete(call, 1, NULL);
+  p->valid_rc = sa_complete(call, -5, p);
+}
+
 static int scope_checks_in_loop_rc;
 
 static void leave_wrong_loop(uv_loop_t *loop, void *data) {
@@ -116,11 +128,18 @@ Test(SA_ERR_3, invalid_arguments_rejected) {
   cr_assert_eq(started, 0, "SA-ERR-3: a rejected dispatch started the op");
 
   cr_assert_eq(sa_complete(NULL, 0, NULL), SA_EINVAL, "SA-ERR-3: sa_complete(NULL)");
-  struct value_req req = {.when = SA_TEST_INLINE, .status = 1};
-  int rc = sa_dispatch(&value_op, &req, SA_MODE_SYNC, NULL, NULL);
-  cr_assert_eq(req.complete_rc, SA_EINVAL,
-               "SA-ERR-3: sa_complete with a positive status returned %d", req.complete_rc);
-  (void)rc; /* the op never completed validly: the dispatcher reports what it can */
+  /* The refused completion leaves the call pending [SA-OP-2]: the op
+   * completes it validly, so that the call ends. */
+  const sa_op_t positive_op = {complete_positive_then_validly, NULL};
+  struct positive_try positive = {0};
+  int rc = sa_dispatch(&positive_op, &positive, SA_MODE_SYNC, &value, NULL);
+  cr_assert_eq(positive.refused_rc, SA_EINVAL,
+               "SA-ERR-3: sa_complete with a positive status returned %d", positive.refused_rc);
+  cr_assert_eq(positive.valid_rc, 0,
+               "SA-ERR-3: the valid completion after a refused one returned %d",
+               positive.valid_rc);
+  cr_assert_eq(rc, -5, "SA-ERR-3: the call returned %d, not its valid completion's -5", rc);
+  cr_assert_eq(value, &positive);
 
   uv_loop_t loop;
   cr_assert_eq(uv_loop_init(&loop), 0);
