@@ -160,3 +160,90 @@ Test(SA_OP_3, completion_from_another_thread_refused) {
   cr_assert_eq(rc, -1, "SA-OP-3: the foreign completion was taken (status %d)", rc);
   cr_assert_eq(value, &f, "SA-OP-3: the foreign completion was taken");
 }
+
+/* SA-OP-2: a positive status is refused and changes nothing: the call stays
+ * pending until the op completes it validly. The op tries a positive status
+ * the way `when` says, then completes validly from its timer's close
+ * callback, looking at the call's future in between. */
+struct positive {
+  sa_test_when when;
+  sa_call_t *call;
+  uv_timer_t timer;
+  sa_future_t future; /* set once the async call has returned */
+  int refused_rc, valid_rc;
+  int status_between; /* the future's, after the refused completion */
+  struct cont_rec cont;
+};
+
+static void positive_closed(uv_handle_t *handle) {
+  struct positive *p = handle->data;
+  if (p->future.id)
+    p->status_between = sa_future_status(p->future, NULL);
+  p->valid_rc = sa_complete(p->call, -5, p);
+}
+
+static void try_positive(struct positive *p) {
+  static int junk;
+  p->refused_rc = sa_complete(p->call, 1, &junk);
+  uv_close((uv_handle_t *)&p->timer, positive_closed);
+}
+
+static void positive_fire(uv_timer_t *timer) { try_positive(timer->data); }
+
+static void positive_start(sa_call_t *call, uv_loop_t *loop, void *arg) {
+  struct positive *p = arg;
+  p->call = call;
+  cr_assert_eq(uv_timer_init(loop, &p->timer), 0);
+  p->timer.data = p;
+  if (p->when == SA_TEST_INLINE)
+    try_positive(p);
+  else
+    cr_assert_eq(uv_timer_start(&p->timer, positive_fire, p->when == SA_TEST_LATER ? 2 : 0, 0),
+                 0);
+}
+
+static const sa_op_t positive_op = {positive_start, NULL};
+
+static void positive_in_loop(uv_loop_t *loop, void *data) {
+  struct positive *p = data;
+  sa_future_t f;
+  (void)loop;
+  cr_assert_eq(sa_dispatch(&positive_op, p, SA_MODE_AUTO, NULL, &f), SA_PENDING);
+  p->future = f;
+  cr_assert_eq(sa_future_then(f, record_cont, &p->cont), 0);
+}
+
+static void check_positive(const struct positive *p, const char *mode) {
+  const char *w = sa_test_when_name(p->when);
+  cr_assert_eq(p->refused_rc, SA_EINVAL,
+               "SA-OP-2 (%s, %s): sa_complete with status 1 returned %d, not SA_EINVAL", mode, w,
+               p->refused_rc);
+  cr_assert_eq(p->valid_rc, 0,
+               "SA-OP-2 (%s, %s): the valid completion after the refused one returned %d", mode,
+               w, p->valid_rc);
+}
+
+Test(SA_OP_2, positive_status_refused_and_the_call_stays_pending) {
+  for (int i = 0; i < 3; i++) {
+    const char *w = sa_test_when_name(sa_test_whens[i]);
+    struct positive sync = {.when = sa_test_whens[i]};
+    void *value = NULL;
+    int rc = sa_dispatch(&positive_op, &sync, SA_MODE_SYNC, &value, NULL);
+    check_positive(&sync, "sync");
+    cr_assert_eq(rc, -5, "SA-OP-2 (sync, %s): the call returned %d, not the valid -5", w, rc);
+    cr_assert_eq(value, &sync, "SA-OP-2 (sync, %s): the refused completion's value stuck", w);
+
+    struct positive async = {.when = sa_test_whens[i]};
+    sa_test_in_loop(positive_in_loop, &async);
+    check_positive(&async, "async");
+    cr_assert_eq(async.status_between, SA_PENDING,
+                 "SA-OP-2 (async, %s): after the refused completion the future read %d", w,
+                 async.status_between);
+    cr_assert_eq(async.cont.calls, 1, "SA-OP-2 (async, %s): delivered %d times", w,
+                 async.cont.calls);
+    cr_assert_eq(async.cont.status, -5, "SA-OP-2 (async, %s): delivered %d, not the valid -5", w,
+                 async.cont.status);
+    cr_assert_eq(async.cont.value, &async);
+    cr_assert_eq(sa_future_release(async.future), 0);
+  }
+}
