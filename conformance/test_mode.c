@@ -73,8 +73,10 @@ Test(SA_MODE_2, forced_sync_never_reenters_running_loop) {
   cr_assert(s.outer_fired, "SA-MODE-2: the outer loop never resumed");
 }
 
-/* SA-MODE-3: an op that makes a forced sync call of itself, `levels` deep. */
+/* SA-MODE-3: an op that makes a forced sync call of itself, `target` deep,
+ * under an outermost sync call made in `mode`. */
 struct nest {
+  sa_mode_t mode; /* of the outermost call */
   int level;
   int target;
   int deepest_started;
@@ -97,24 +99,49 @@ static void nest_start(sa_call_t *call, uv_loop_t *loop, void *arg) {
 
 const sa_op_t nest_op = {nest_start, NULL};
 
-Test(SA_MODE_3, nesting_is_bounded) {
-  struct nest n = {.target = SA_MAX_SYNC_DEPTH + 1};
-  n.rc_at[1] = sa_dispatch(&nest_op, &n, SA_MODE_SYNC, NULL, NULL);
+static void nest_outermost(struct nest *n) {
+  n->target = SA_MAX_SYNC_DEPTH + 1;
+  n->rc_at[1] = sa_dispatch(&nest_op, n, n->mode, NULL, &(sa_future_t){0});
+}
+
+static void nest_in_loop(uv_loop_t *loop, void *data) {
+  (void)loop;
+  nest_outermost(data);
+}
+
+/* The outermost call counts, whatever the context: SA_MAX_SYNC_DEPTH calls
+ * in progress at once work, one more fails without starting its op. */
+static void check_nesting(const struct nest *n, const char *where) {
   for (int k = 1; k <= SA_MAX_SYNC_DEPTH; k++) {
-    cr_assert_eq(n.rc_at[k], -k, "SA-MODE-3: sync call at depth %d failed: %s", k,
-                 sa_strerror(n.rc_at[k]));
+    cr_assert_eq(n->rc_at[k], -k, "SA-MODE-3 (%s): sync call at depth %d failed: %s", where, k,
+                 sa_strerror(n->rc_at[k]));
     for (int j = 1; j < k; j++)
-      cr_assert_neq(n.loop_at[j], n.loop_at[k],
-                    "SA-MODE-3: depths %d and %d share a loop (re-entered)", j, k);
+      cr_assert_neq(n->loop_at[j], n->loop_at[k],
+                    "SA-MODE-3 (%s): depths %d and %d share a loop (re-entered)", where, j, k);
   }
-  cr_assert_eq(n.rc_at[SA_MAX_SYNC_DEPTH + 1], SA_ELOOP,
-               "SA-MODE-3: a sync call at depth %d returned %d, not SA_ELOOP",
-               SA_MAX_SYNC_DEPTH + 1, n.rc_at[SA_MAX_SYNC_DEPTH + 1]);
-  cr_assert_eq(n.deepest_started, SA_MAX_SYNC_DEPTH,
-               "SA-MODE-3: the op beyond the bound was started");
+  cr_assert_eq(n->rc_at[SA_MAX_SYNC_DEPTH + 1], SA_ELOOP,
+               "SA-MODE-3 (%s): a sync call at depth %d returned %d, not SA_ELOOP", where,
+               SA_MAX_SYNC_DEPTH + 1, n->rc_at[SA_MAX_SYNC_DEPTH + 1]);
+  cr_assert_eq(n->deepest_started, SA_MAX_SYNC_DEPTH,
+               "SA-MODE-3 (%s): the op beyond the bound was started", where);
+}
+
+Test(SA_MODE_3, nesting_is_bounded) {
+  struct nest n = {.mode = SA_MODE_SYNC};
+  nest_outermost(&n);
+  check_nesting(&n, "from plain code, forced sync");
   /* The bound is per moment, not a budget: the thread still works. */
   struct value_req req = {.when = SA_TEST_LATER};
   cr_assert_eq(sa_dispatch(&value_op, &req, SA_MODE_SYNC, NULL, NULL), 0);
+}
+
+Test(SA_MODE_3, outermost_call_counts_in_every_context) {
+  struct nest plain = {.mode = SA_MODE_AUTO};
+  nest_outermost(&plain);
+  check_nesting(&plain, "from plain code, auto");
+  struct nest in_loop = {.mode = SA_MODE_SYNC};
+  sa_test_in_loop(nest_in_loop, &in_loop);
+  check_nesting(&in_loop, "from a loop callback, forced sync");
 }
 
 /* SA-MODE-4: forced async from plain code; N calls overlap. */
