@@ -2,6 +2,7 @@
 #include "sa_test.h"
 
 #include <criterion/criterion.h>
+#include <sched.h>
 #include <semaphore.h>
 #include <stdlib.h>
 #include <time.h>
@@ -252,6 +253,140 @@ static void home_thread_of(sa_home_t *home, pthread_t *out) {
   struct thread_probe p;
   cr_assert_eq(sa_home_call(home, &thread_probe_op, &p, SA_MODE_SYNC, NULL, NULL), 0);
   *out = p.thread;
+}
+
+/* SA-HOME-3: calls may be in flight on the home together, interleaved (one
+ * at a time is not demanded), but no two callbacks of its ops ever run at
+ * once. Each op runs from its start to its timer's close callback, 1 ms
+ * later; each callback notes whether it ran alone on the home thread. */
+#define LONE_CALLERS 4
+#define LONE_CALLS 25
+
+struct lone_home {
+  sa_home_t *home;
+  pthread_t thread;
+  atomic_int inside;  /* callbacks of the home's ops running now */
+  atomic_int crowded; /* callbacks that found another one running */
+  atomic_int astray;  /* callbacks off the home thread */
+};
+
+struct lone_call {
+  struct lone_home *home;
+  uv_timer_t timer;
+  sa_call_t *call;
+  int answers;
+  bool wrong; /* answered with another status or value */
+};
+
+static void enter_callback(struct lone_home *h) {
+  if (atomic_fetch_add(&h->inside, 1) != 0)
+    atomic_fetch_add(&h->crowded, 1);
+  if (!pthread_equal(pthread_self(), h->thread))
+    atomic_fetch_add(&h->astray, 1);
+  sched_yield(); /* a wider window for another thread's callback */
+}
+
+static void leave_callback(struct lone_home *h) { atomic_fetch_sub(&h->inside, 1); }
+
+static void lone_closed(uv_handle_t *handle) {
+  struct lone_call *c = handle->data;
+  enter_callback(c->home);
+  leave_callback(c->home);
+  sa_complete(c->call, 0, c);
+}
+
+static void lone_fire(uv_timer_t *timer) {
+  struct lone_call *c = timer->data;
+  enter_callback(c->home);
+  uv_close((uv_handle_t *)timer, lone_closed);
+  leave_callback(c->home);
+}
+
+static void lone_start(sa_call_t *call, uv_loop_t *loop, void *arg) {
+  struct lone_call *c = arg;
+  enter_callback(c->home);
+  c->call = call;
+  cr_assert_eq(uv_timer_init(loop, &c->timer), 0);
+  c->timer.data = c;
+  cr_assert_eq(uv_timer_start(&c->timer, lone_fire, 1, 0), 0);
+  leave_callback(c->home);
+}
+
+static const sa_op_t lone_op = {lone_start, NULL};
+
+struct lone_caller {
+  struct lone_call calls[LONE_CALLS];
+  bool async; /* from a loop, all in flight at once; else one sync call after another */
+  int refused;
+};
+
+static void lone_answer(struct lone_call *c, int status, void *value) {
+  c->answers++;
+  c->wrong |= status != 0 || value != c;
+}
+
+static void lone_answered(sa_future_t f, int status, void *value, void *data) {
+  lone_answer(data, status, value);
+  sa_future_release(f);
+}
+
+static void lone_calls_in_loop(uv_loop_t *loop, void *data) {
+  struct lone_caller *c = data;
+  (void)loop;
+  for (int i = 0; i < LONE_CALLS; i++) {
+    sa_future_t f;
+    if (sa_home_call(c->calls[i].home->home, &lone_op, &c->calls[i], SA_MODE_AUTO, NULL, &f) !=
+            SA_PENDING ||
+        sa_future_then(f, lone_answered, &c->calls[i]) != 0)
+      c->refused++;
+  }
+}
+
+static void *lone_caller_main(void *arg) {
+  struct lone_caller *c = arg;
+  if (c->async) {
+    sa_test_in_loop(lone_calls_in_loop, c);
+  } else {
+    for (int i = 0; i < LONE_CALLS; i++) {
+      void *value = NULL;
+      int rc = sa_home_call(c->calls[i].home->home, &lone_op, &c->calls[i], SA_MODE_SYNC, &value,
+                            NULL);
+      lone_answer(&c->calls[i], rc, value);
+    }
+  }
+  sa_thread_cleanup();
+  return NULL;
+}
+
+Test(SA_HOME_3, calls_may_interleave_but_callbacks_never_overlap, .timeout = 20) {
+  static struct lone_caller callers[LONE_CALLERS];
+  struct lone_home home = {.home = start_home()};
+  pthread_t threads[LONE_CALLERS];
+  home_thread_of(home.home, &home.thread);
+  for (int i = 0; i < LONE_CALLERS; i++) {
+    callers[i].async = i % 2 == 1;
+    for (int k = 0; k < LONE_CALLS; k++)
+      callers[i].calls[k].home = &home;
+    cr_assert_eq(pthread_create(&threads[i], NULL, lone_caller_main, &callers[i]), 0);
+  }
+  for (int i = 0; i < LONE_CALLERS; i++)
+    pthread_join(threads[i], NULL);
+  cr_assert_eq(sa_home_stop(home.home), 0);
+  for (int i = 0; i < LONE_CALLERS; i++) {
+    cr_assert_eq(callers[i].refused, 0, "SA-HOME-3: caller %d: %d calls refused", i,
+                 callers[i].refused);
+    for (int k = 0; k < LONE_CALLS; k++) {
+      const struct lone_call *c = &callers[i].calls[k];
+      cr_assert_eq(c->answers, 1, "SA-HOME-3: caller %d, call %d: answered %d times", i, k,
+                   c->answers);
+      cr_assert(!c->wrong, "SA-HOME-3: caller %d, call %d: another call's answer", i, k);
+    }
+  }
+  cr_assert_eq(atomic_load(&home.astray), 0, "SA-HOME-3: %d callbacks ran off the home thread",
+               atomic_load(&home.astray));
+  cr_assert_eq(atomic_load(&home.crowded), 0,
+               "SA-HOME-3: %d callbacks of the home's ops ran while another one was running",
+               atomic_load(&home.crowded));
 }
 
 /* SA-HOME-4: stop answers every call, queued or in flight, exactly once;
