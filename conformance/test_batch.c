@@ -14,6 +14,7 @@ struct flight {
 struct timed {
   struct flight *flight;
   unsigned delay_ms;
+  unsigned stop_ms; /* the cancel hook stops it this long after, not at once */
   int status;
   uv_timer_t timer;
   sa_call_t *call;
@@ -51,11 +52,18 @@ static void timed_cancel(sa_call_t *call, uv_loop_t *loop, void *arg) {
   (void)call;
   (void)loop;
   t->hooks++;
-  if (t->pending)
+  if (!t->pending)
+    return;
+  if (!t->stop_ms) {
     timed_finish(t, SA_ECANCELED);
+    return;
+  }
+  t->status = SA_ECANCELED;
+  cr_assert_eq(uv_timer_start(&t->timer, timed_fire, t->stop_ms, 0), 0);
 }
 
 static const sa_op_t timed_op = {timed_start, timed_cancel};
+static const sa_op_t timed_op_without_hook = {timed_start, NULL};
 
 #define N 5
 
@@ -114,6 +122,60 @@ Test(SA_BAT_1, first_error_in_order_decides_the_batch) {
                  c.items[i].status);
     cr_assert_eq(c.t[i].completions, 1, "SA-BAT-1: the batch returned before item %d ended", i);
   }
+}
+
+/* SA-BAT-1: an empty ALL batch completes with 0 like any call in its mode:
+ * returned at once when sync, delivered through its future when async. */
+struct empty_batch {
+  int rc;
+  int status_at_return;
+  int delivered_before_return;
+  void *value;
+  struct cont_rec cont;
+};
+
+static void empty_batch_in_loop(uv_loop_t *loop, void *data) {
+  struct empty_batch *e = data;
+  sa_future_t f;
+  (void)loop;
+  e->rc = sa_batch(NULL, 0, SA_BATCH_ALL, SA_MODE_AUTO, &e->value, &f);
+  e->delivered_before_return = e->cont.calls;
+  if (e->rc != SA_PENDING)
+    return;
+  e->status_at_return = sa_future_status(f, NULL);
+  e->cont.release = true;
+  cr_assert_eq(sa_future_then(f, record_cont, &e->cont), 0);
+}
+
+Test(SA_BAT_1, empty_batch_completes_with_zero_in_its_mode) {
+  const sa_mode_t sync_modes[] = {SA_MODE_AUTO, SA_MODE_SYNC};
+  for (int i = 0; i < 2; i++) {
+    void *value = &value;
+    sa_future_t f = {42};
+    int rc = sa_batch(NULL, 0, SA_BATCH_ALL, sync_modes[i], &value, &f);
+    cr_assert_eq(rc, 0, "SA-BAT-1: an empty sync batch returned %d", rc);
+    cr_assert_null(value, "SA-BAT-1: an empty sync batch gave a value");
+    cr_assert_eq(f.id, 0, "SA-BAT-1: an empty sync batch gave a future");
+  }
+
+  struct empty_batch e = {.value = &e};
+  sa_test_in_loop(empty_batch_in_loop, &e);
+  cr_assert_eq(e.rc, SA_PENDING, "SA-BAT-1: an empty batch in a loop callback returned %d", e.rc);
+  cr_assert_null(e.value, "SA-BAT-1: *value not NULL after SA_PENDING");
+  cr_assert_eq(e.delivered_before_return, 0, "SA-BAT-1: delivered inside the call");
+  cr_assert_eq(e.status_at_return, SA_PENDING, "SA-BAT-1: the future read %d at once",
+               e.status_at_return);
+  cr_assert_eq(e.cont.calls, 1, "SA-BAT-1: the empty batch was delivered %d times", e.cont.calls);
+  cr_assert_eq(e.cont.status, 0, "SA-BAT-1: the empty batch was delivered %d", e.cont.status);
+  cr_assert_null(e.cont.value);
+
+  sa_future_t f;
+  void *value = &f;
+  cr_assert_eq(sa_batch(NULL, 0, SA_BATCH_ALL, SA_MODE_ASYNC, NULL, &f), SA_PENDING,
+               "SA-BAT-1: a forced async empty batch from plain code gave no future");
+  cr_assert_eq(sa_future_wait(f, &value), 0, "SA-BAT-1: the waited empty batch failed");
+  cr_assert_null(value);
+  cr_assert_eq(sa_future_release(f), 0);
 }
 
 /* SA-BAT-2: async context, the batch as one future. */
@@ -214,6 +276,101 @@ Test(SA_BAT_3, cancelling_a_batch_cancels_its_calls, .timeout = 8) {
   cr_assert_eq(sa_future_release(f), 0);
 }
 
+/* SA-BAT-3: a FIRST batch completes once every loser with a cancel hook
+ * has completed (here one that stops 20 ms after its hook), and does not
+ * wait for a loser without a hook (here one that ends after 800 ms). The
+ * hook-less loser's result, when it comes, is dropped: its item keeps
+ * SA_ECANCELED. */
+#define STOPS_MS 20
+#define HOOKLESS_MS 800
+
+enum { WINNER, STOPPING_LOSER, HOOKLESS_LOSER, RACERS };
+
+struct race {
+  struct flight flight;
+  struct timed t[RACERS];
+  sa_batch_item_t items[RACERS];
+  /* when the batch's result came */
+  int stopping_completions, hookless_completions;
+  int rc;
+  struct cont_rec cont;
+};
+
+static void race_init(struct race *r) {
+  *r = (struct race){0};
+  r->t[WINNER] = (struct timed){.flight = &r->flight, .delay_ms = 5, .status = -5};
+  r->t[STOPPING_LOSER] = (struct timed){.flight = &r->flight, .delay_ms = LONG_MS,
+                                        .stop_ms = STOPS_MS};
+  r->t[HOOKLESS_LOSER] = (struct timed){.flight = &r->flight, .delay_ms = HOOKLESS_MS};
+  for (int i = 0; i < RACERS; i++)
+    r->items[i] = (sa_batch_item_t){.op = &timed_op, .arg = &r->t[i]};
+  r->items[HOOKLESS_LOSER].op = &timed_op_without_hook;
+}
+
+static void note_race_result(struct race *r) {
+  r->stopping_completions = r->t[STOPPING_LOSER].completions;
+  r->hookless_completions = r->t[HOOKLESS_LOSER].completions;
+}
+
+static void check_race(const struct race *r, int status, void *value, const char *mode) {
+  cr_assert_eq(status, -5, "SA-BAT-3 (%s): the batch gave %d, not the winner's -5", mode, status);
+  cr_assert_eq(value, &r->items[WINNER], "SA-BAT-3 (%s): the value is not the winner's item",
+               mode);
+  cr_assert_eq(r->t[STOPPING_LOSER].hooks, 1, "SA-BAT-3 (%s): the loser's hook ran %d times",
+               mode, r->t[STOPPING_LOSER].hooks);
+  cr_assert_eq(r->stopping_completions, 1,
+               "SA-BAT-3 (%s): the batch completed before its loser with a hook had", mode);
+  cr_assert_eq(r->hookless_completions, 0,
+               "SA-BAT-3 (%s): the batch waited for its loser without a hook", mode);
+}
+
+/* The hook-less loser ends later; its result must not reach its item. */
+static void check_hookless_loser_dropped(const struct race *r, const char *mode) {
+  cr_assert_eq(r->t[HOOKLESS_LOSER].completions, 1, "SA-BAT-3 (%s): the loser never ended",
+               mode);
+  for (int i = STOPPING_LOSER; i < RACERS; i++)
+    cr_assert_eq(r->items[i].status, SA_ECANCELED, "SA-BAT-3 (%s): loser %d's item holds %d",
+                 mode, i, r->items[i].status);
+}
+
+static void note_race_cont(sa_future_t f, int status, void *value, void *data) {
+  struct race *r = data;
+  note_race_result(r);
+  record_cont(f, status, value, &r->cont);
+}
+
+static void race_in_loop(uv_loop_t *loop, void *data) {
+  struct race *r = data;
+  sa_future_t f;
+  (void)loop;
+  r->rc = sa_batch(r->items, RACERS, SA_BATCH_FIRST, SA_MODE_AUTO, NULL, &f);
+  if (r->rc != SA_PENDING)
+    return;
+  r->cont.release = true;
+  cr_assert_eq(sa_future_then(f, note_race_cont, r), 0);
+}
+
+Test(SA_BAT_3, first_waits_for_losers_with_a_hook_only, .timeout = 10) {
+  struct race sync;
+  race_init(&sync);
+  void *value = NULL;
+  int rc = sa_batch(sync.items, RACERS, SA_BATCH_FIRST, SA_MODE_SYNC, &value, NULL);
+  note_race_result(&sync);
+  check_race(&sync, rc, value, "sync");
+  /* The thread's private loop runs on past the hook-less loser's end. */
+  struct value_req after = {.when = SA_TEST_LATER, .delay_ms = HOOKLESS_MS};
+  cr_assert_eq(sa_dispatch(&value_op, &after, SA_MODE_SYNC, NULL, NULL), 0);
+  check_hookless_loser_dropped(&sync, "sync");
+
+  struct race async;
+  race_init(&async);
+  sa_test_in_loop(race_in_loop, &async); /* runs until the hook-less loser ends */
+  cr_assert_eq(async.rc, SA_PENDING, "SA-BAT-3 (async): the batch returned %d", async.rc);
+  cr_assert_eq(async.cont.calls, 1, "SA-BAT-3 (async): %d deliveries", async.cont.calls);
+  check_race(&async, async.cont.status, async.cont.value, "async");
+  check_hookless_loser_dropped(&async, "async");
+}
+
 Test(SA_BAT_4, bad_input_is_refused_without_starting_anything) {
   struct batch_case c;
   batch_case_init(&c, mixed_delays, all_ok);
@@ -227,8 +384,4 @@ Test(SA_BAT_4, bad_input_is_refused_without_starting_anything) {
   cr_assert_eq(sa_batch(c.items, N, SA_BATCH_ALL, SA_MODE_SYNC, NULL, NULL), SA_EINVAL);
   for (int i = 0; i < N; i++)
     cr_assert_eq(c.t[i].starts, 0, "SA-BAT-4: item %d started despite bad input", i);
-  void *value = &c;
-  cr_assert_eq(sa_batch(c.items, 0, SA_BATCH_ALL, SA_MODE_SYNC, &value, NULL), 0,
-               "SA-BAT-4: an empty batch succeeds");
-  cr_assert_null(value);
 }
