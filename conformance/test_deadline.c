@@ -114,6 +114,62 @@ Test(SA_DL_1, forced_sync_call_in_async_context_times_out) {
   cr_assert_eq(n.req.cancels, 1, "SA-DL-1: cancel hook ran %d times", n.req.cancels);
 }
 
+/* SA-DL-1: a deadline already past when the call is made still starts the
+ * op; a result it gives inside its start function stands, otherwise the
+ * call times out as soon as its loop runs (the op's hook stops it). From
+ * plain code and as a forced sync call in a loop callback. */
+struct past_deadline {
+  struct value_req req[3];
+  int rc[3];
+  void *value[3];
+};
+
+static void past_deadline_calls(struct past_deadline *p) {
+  for (int i = 0; i < 3; i++) {
+    p->req[i] = (struct value_req){.when = sa_test_whens[i], .status = -7, .value = &marker,
+                                   .delay_ms = LONG_OP_MS};
+    p->value[i] = &p->value[i];
+    uint64_t past = uv_hrtime() - 1000000; /* a millisecond ago */
+    p->rc[i] = sa_dispatch_until(&value_op, &p->req[i], SA_MODE_SYNC, past, &p->value[i], NULL);
+  }
+}
+
+static void past_deadline_in_loop(uv_loop_t *loop, void *data) {
+  (void)loop;
+  past_deadline_calls(data);
+}
+
+static void check_past_deadline(const struct past_deadline *p, const char *where) {
+  for (int i = 0; i < 3; i++) {
+    const char *w = sa_test_when_name(sa_test_whens[i]);
+    const struct value_req *req = &p->req[i];
+    cr_assert_eq(req->starts, 1, "SA-DL-1 (%s, %s): a past deadline kept the op from starting",
+                 where, w);
+    if (sa_test_whens[i] == SA_TEST_INLINE) {
+      cr_assert_eq(p->rc[i], -7, "SA-DL-1 (%s, %s): the op's inline result -7 became %d", where,
+                   w, p->rc[i]);
+      cr_assert_eq(p->value[i], &marker, "SA-DL-1 (%s, %s): the op's value was lost", where, w);
+      cr_assert_eq(req->cancels, 0, "SA-DL-1 (%s, %s): the hook ran for a finished op", where, w);
+      continue;
+    }
+    cr_assert_eq(p->rc[i], SA_ETIMEDOUT, "SA-DL-1 (%s, %s): returned %d, not SA_ETIMEDOUT",
+                 where, w, p->rc[i]);
+    cr_assert_null(p->value[i], "SA-DL-1 (%s, %s): a timed-out call gave a value", where, w);
+    cr_assert_eq(req->cancels, 1, "SA-DL-1 (%s, %s): the cancel hook ran %d times", where, w,
+                 req->cancels);
+    cr_assert_eq(req->completions, 1, "SA-DL-1 (%s, %s): the op had not completed", where, w);
+  }
+}
+
+Test(SA_DL_1, deadline_already_past_keeps_an_inline_result_else_times_out) {
+  struct past_deadline plain;
+  past_deadline_calls(&plain);
+  check_past_deadline(&plain, "plain code");
+  struct past_deadline in_loop;
+  sa_test_in_loop(past_deadline_in_loop, &in_loop);
+  check_past_deadline(&in_loop, "forced sync in a loop callback");
+}
+
 /* SA-DL-2: an op without a cancel hook completes after the time-out. Its
  * completion is accepted and dropped; the next call on the thread's loop
  * gives it the time to happen. Valgrind (conformance-valgrind) checks that
