@@ -510,7 +510,8 @@ static bool drive_until(bool (*done)(const struct mx_cell *), const struct mx_ce
   return true;
 }
 
-/* Finish a call made in sync context, waited for however it was made. */
+/* The call that ran the loop ends before the loop sits idle: returned,
+ * waited for, or driven to its continuation. */
 static void finish_warm_call(struct mx_cell *c, int rc) {
   if (rc != SA_PENDING)
     return;
