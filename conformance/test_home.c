@@ -479,19 +479,18 @@ static const sa_op_t busy_op = {busy_start, NULL};
 
 struct stop_case {
   sa_home_t *home;
-  struct winding in_flight; /* has a cancel hook */
-  struct parked parked;     /* has none */
+  struct value_req in_flight; /* its cancel hook completes it at once */
+  struct parked parked;       /* has no hook */
   struct busy busy;
   struct parked queued[QUEUED];
   struct cont_rec in_flight_cont, parked_cont, busy_cont, queued_cont[QUEUED];
   int stop_rc;
-  /* when stop returned */
-  int in_flight_completions, parked_completions;
+  int parked_completions; /* when stop returned */
 };
 
-static void call_home(struct stop_case *s, const sa_op_t *op, void *arg, struct cont_rec *cont) {
+static void call_home(sa_home_t *home, const sa_op_t *op, void *arg, struct cont_rec *cont) {
   sa_future_t f;
-  cr_assert_eq(sa_home_call(s->home, op, arg, SA_MODE_AUTO, NULL, &f), SA_PENDING);
+  cr_assert_eq(sa_home_call(home, op, arg, SA_MODE_AUTO, NULL, &f), SA_PENDING);
   cont->release = true;
   cr_assert_eq(sa_future_then(f, record_cont, cont), 0);
 }
@@ -499,34 +498,31 @@ static void call_home(struct stop_case *s, const sa_op_t *op, void *arg, struct 
 static void stop_in_loop(uv_loop_t *loop, void *data) {
   struct stop_case *s = data;
   (void)loop;
-  call_home(s, &winding_op, &s->in_flight, &s->in_flight_cont);
-  call_home(s, &parked_op, &s->parked, &s->parked_cont);
-  call_home(s, &busy_op, &s->busy, &s->busy_cont);
+  call_home(s->home, &value_op, &s->in_flight, &s->in_flight_cont);
+  call_home(s->home, &parked_op, &s->parked, &s->parked_cont);
+  call_home(s->home, &busy_op, &s->busy, &s->busy_cont);
   sem_wait(&s->busy.started); /* the home thread is busy: what follows queues */
   for (int i = 0; i < QUEUED; i++)
-    call_home(s, &parked_op, &s->queued[i], &s->queued_cont[i]);
+    call_home(s->home, &parked_op, &s->queued[i], &s->queued_cont[i]);
   s->stop_rc = sa_home_stop(s->home);
-  /* The home's thread is gone: what its ops wrote is ours to read. */
-  s->in_flight_completions = s->in_flight.completions;
-  s->parked_completions = s->parked.completions;
+  s->parked_completions = s->parked.completions; /* the home's thread is gone */
 }
 
 Test(SA_HOME_4, stop_answers_queued_and_running_calls_once, .timeout = 10) {
   int fds = sa_test_count_fds();
-  struct stop_case s = {.home = start_home(), .parked = {.ms = 2000}};
+  struct stop_case s = {.home = start_home(),
+                        .in_flight = {.when = SA_TEST_LATER, .delay_ms = 60000},
+                        .parked = {.ms = 2000}};
   sem_init(&s.busy.started, 0, 0);
   sa_test_in_loop(stop_in_loop, &s);
   sem_destroy(&s.busy.started);
   cr_assert_eq(s.stop_rc, 0, "SA-HOME-4: stop returned %d", s.stop_rc);
-  cr_assert_eq(s.in_flight.hooks, 1, "SA-HOME-4: the running call's cancel hook ran %d times",
-               s.in_flight.hooks);
-  cr_assert_eq(s.in_flight_completions, 1,
-               "SA-HOME-4: stop returned before the running call with a cancel hook completed");
   cr_assert_eq(s.in_flight_cont.calls, 1, "SA-HOME-4: running call answered %d times",
                s.in_flight_cont.calls);
-  cr_assert_eq(s.in_flight_cont.status, WOUND_DOWN,
-               "SA-HOME-4: running call got %d, not the result its op completed with",
+  cr_assert_eq(s.in_flight_cont.status, SA_ECANCELED, "SA-HOME-4: running call got %d",
                s.in_flight_cont.status);
+  cr_assert_eq(s.in_flight.cancels, 1, "SA-HOME-4: its cancel hook ran %d times",
+               s.in_flight.cancels);
   cr_assert_eq(s.parked_completions, 0,
                "SA-HOME-4: stop waited for a running call whose op has no cancel hook");
   cr_assert_eq(s.parked_cont.calls, 1, "SA-HOME-4: hook-less call answered %d times",
@@ -544,6 +540,49 @@ Test(SA_HOME_4, stop_answers_queued_and_running_calls_once, .timeout = 10) {
                  s.queued_cont[i].status);
   }
   cr_assert_eq(sa_test_count_fds(), fds, "SA-HOME-4: the home's loop was not freed");
+}
+
+/* A running call whose hook takes its time is waited for, and the result
+ * its op completes with stands; a hook-less one beside it is not waited for. */
+struct wind_case {
+  sa_home_t *home;
+  struct winding winding;
+  struct parked parked;
+  struct cont_rec winding_cont, parked_cont;
+  int stop_rc;
+  int winding_completions, parked_completions; /* when stop returned */
+};
+
+static void wind_in_loop(uv_loop_t *loop, void *data) {
+  struct wind_case *s = data;
+  (void)loop;
+  call_home(s->home, &winding_op, &s->winding, &s->winding_cont);
+  call_home(s->home, &parked_op, &s->parked, &s->parked_cont);
+  s->stop_rc = sa_home_stop(s->home);
+  /* The home's thread is gone: what its ops wrote is ours to read. */
+  s->winding_completions = s->winding.completions;
+  s->parked_completions = s->parked.completions;
+}
+
+Test(SA_HOME_4, stop_waits_for_running_calls_with_a_hook_only, .timeout = 10) {
+  struct wind_case s = {.home = start_home(), .parked = {.ms = 2000}};
+  sa_test_in_loop(wind_in_loop, &s);
+  cr_assert_eq(s.stop_rc, 0, "SA-HOME-4: stop returned %d", s.stop_rc);
+  cr_assert_eq(s.winding.hooks, 1, "SA-HOME-4: the running call's cancel hook ran %d times",
+               s.winding.hooks);
+  cr_assert_eq(s.winding_completions, 1,
+               "SA-HOME-4: stop returned before the running call with a cancel hook completed");
+  cr_assert_eq(s.winding_cont.calls, 1, "SA-HOME-4: the running call was answered %d times",
+               s.winding_cont.calls);
+  cr_assert_eq(s.winding_cont.status, WOUND_DOWN,
+               "SA-HOME-4: the running call got %d, not the result its op completed with",
+               s.winding_cont.status);
+  cr_assert_eq(s.parked_completions, 0,
+               "SA-HOME-4: stop waited for a running call whose op has no cancel hook");
+  cr_assert_eq(s.parked_cont.calls, 1, "SA-HOME-4: hook-less call answered %d times",
+               s.parked_cont.calls);
+  cr_assert_eq(s.parked_cont.status, SA_ECANCELED, "SA-HOME-4: hook-less call got %d",
+               s.parked_cont.status);
 }
 
 /* A sync caller blocked in a call when the home stops gets SA_ECANCELED. */
