@@ -423,41 +423,51 @@ static void parked_start(sa_call_t *call, uv_loop_t *loop, void *arg) {
 
 static const sa_op_t parked_op = {parked_start, NULL};
 
-/* A call that would take a minute, whose cancel hook stops it but which
- * completes only 20 ms after, with a result of its own: the home must wait
- * for it, and its result stands (SA-THR-2). */
+/* A call that would take a minute, with a cancel hook that stops it: at
+ * once, completing it with SA_ECANCELED, or `stop_ms` after, completing it
+ * with a result of its own, which then stands (SA-THR-2). */
 #define WOUND_DOWN (-77)
 
-struct winding {
+struct stoppable {
+  unsigned stop_ms;
   uv_timer_t timer;
   sa_call_t *call;
+  sem_t started;
+  int status; /* what it completes with */
   int hooks, completions;
 };
 
-static void winding_done(uv_timer_t *timer) {
-  struct winding *w = timer->data;
+static void stoppable_done(uv_timer_t *timer) {
+  struct stoppable *s = timer->data;
   uv_close((uv_handle_t *)timer, NULL);
-  w->completions++;
-  sa_complete(w->call, WOUND_DOWN, w);
+  s->completions++;
+  sa_complete(s->call, s->status, s);
 }
 
-static void winding_start(sa_call_t *call, uv_loop_t *loop, void *arg) {
-  struct winding *w = arg;
-  w->call = call;
-  cr_assert_eq(uv_timer_init(loop, &w->timer), 0);
-  w->timer.data = w;
-  cr_assert_eq(uv_timer_start(&w->timer, winding_done, 60000, 0), 0);
+static void stoppable_start(sa_call_t *call, uv_loop_t *loop, void *arg) {
+  struct stoppable *s = arg;
+  s->call = call;
+  cr_assert_eq(uv_timer_init(loop, &s->timer), 0);
+  s->timer.data = s;
+  cr_assert_eq(uv_timer_start(&s->timer, stoppable_done, 60000, 0), 0);
+  sem_post(&s->started);
 }
 
-static void winding_cancel(sa_call_t *call, uv_loop_t *loop, void *arg) {
-  struct winding *w = arg;
+static void stoppable_cancel(sa_call_t *call, uv_loop_t *loop, void *arg) {
+  struct stoppable *s = arg;
   (void)call;
   (void)loop;
-  w->hooks++;
-  cr_assert_eq(uv_timer_start(&w->timer, winding_done, 20, 0), 0);
+  s->hooks++;
+  if (!s->stop_ms) {
+    s->status = SA_ECANCELED;
+    stoppable_done(&s->timer);
+    return;
+  }
+  s->status = WOUND_DOWN;
+  cr_assert_eq(uv_timer_start(&s->timer, stoppable_done, s->stop_ms, 0), 0);
 }
 
-static const sa_op_t winding_op = {winding_start, winding_cancel};
+static const sa_op_t stoppable_op = {stoppable_start, stoppable_cancel};
 
 struct busy {
   sem_t started;
@@ -479,8 +489,9 @@ static const sa_op_t busy_op = {busy_start, NULL};
 
 struct stop_case {
   sa_home_t *home;
-  struct value_req in_flight; /* its cancel hook completes it at once */
+  struct stoppable in_flight; /* its cancel hook completes it at once */
   struct parked parked;       /* has no hook */
+  sem_t parked_started;
   struct busy busy;
   struct parked queued[QUEUED];
   struct cont_rec in_flight_cont, parked_cont, busy_cont, queued_cont[QUEUED];
@@ -498,8 +509,10 @@ static void call_home(sa_home_t *home, const sa_op_t *op, void *arg, struct cont
 static void stop_in_loop(uv_loop_t *loop, void *data) {
   struct stop_case *s = data;
   (void)loop;
-  call_home(s->home, &value_op, &s->in_flight, &s->in_flight_cont);
+  call_home(s->home, &stoppable_op, &s->in_flight, &s->in_flight_cont);
   call_home(s->home, &parked_op, &s->parked, &s->parked_cont);
+  sem_wait(&s->in_flight.started); /* both running, in whatever order the home took them */
+  sem_wait(&s->parked_started);
   call_home(s->home, &busy_op, &s->busy, &s->busy_cont);
   sem_wait(&s->busy.started); /* the home thread is busy: what follows queues */
   for (int i = 0; i < QUEUED; i++)
@@ -510,19 +523,22 @@ static void stop_in_loop(uv_loop_t *loop, void *data) {
 
 Test(SA_HOME_4, stop_answers_queued_and_running_calls_once, .timeout = 10) {
   int fds = sa_test_count_fds();
-  struct stop_case s = {.home = start_home(),
-                        .in_flight = {.when = SA_TEST_LATER, .delay_ms = 60000},
-                        .parked = {.ms = 2000}};
+  struct stop_case s = {.home = start_home(), .parked = {.ms = 2000}};
+  s.parked.started = &s.parked_started;
+  sem_init(&s.in_flight.started, 0, 0);
+  sem_init(&s.parked_started, 0, 0);
   sem_init(&s.busy.started, 0, 0);
   sa_test_in_loop(stop_in_loop, &s);
+  sem_destroy(&s.in_flight.started);
+  sem_destroy(&s.parked_started);
   sem_destroy(&s.busy.started);
   cr_assert_eq(s.stop_rc, 0, "SA-HOME-4: stop returned %d", s.stop_rc);
   cr_assert_eq(s.in_flight_cont.calls, 1, "SA-HOME-4: running call answered %d times",
                s.in_flight_cont.calls);
   cr_assert_eq(s.in_flight_cont.status, SA_ECANCELED, "SA-HOME-4: running call got %d",
                s.in_flight_cont.status);
-  cr_assert_eq(s.in_flight.cancels, 1, "SA-HOME-4: its cancel hook ran %d times",
-               s.in_flight.cancels);
+  cr_assert_eq(s.in_flight.hooks, 1, "SA-HOME-4: its cancel hook ran %d times",
+               s.in_flight.hooks);
   cr_assert_eq(s.parked_completions, 0,
                "SA-HOME-4: stop waited for a running call whose op has no cancel hook");
   cr_assert_eq(s.parked_cont.calls, 1, "SA-HOME-4: hook-less call answered %d times",
@@ -546,8 +562,9 @@ Test(SA_HOME_4, stop_answers_queued_and_running_calls_once, .timeout = 10) {
  * its op completes with stands; a hook-less one beside it is not waited for. */
 struct wind_case {
   sa_home_t *home;
-  struct winding winding;
+  struct stoppable winding;
   struct parked parked;
+  sem_t parked_started;
   struct cont_rec winding_cont, parked_cont;
   int stop_rc;
   int winding_completions, parked_completions; /* when stop returned */
@@ -556,8 +573,10 @@ struct wind_case {
 static void wind_in_loop(uv_loop_t *loop, void *data) {
   struct wind_case *s = data;
   (void)loop;
-  call_home(s->home, &winding_op, &s->winding, &s->winding_cont);
+  call_home(s->home, &stoppable_op, &s->winding, &s->winding_cont);
   call_home(s->home, &parked_op, &s->parked, &s->parked_cont);
+  sem_wait(&s->winding.started); /* both running, none queued */
+  sem_wait(&s->parked_started);
   s->stop_rc = sa_home_stop(s->home);
   /* The home's thread is gone: what its ops wrote is ours to read. */
   s->winding_completions = s->winding.completions;
@@ -565,8 +584,14 @@ static void wind_in_loop(uv_loop_t *loop, void *data) {
 }
 
 Test(SA_HOME_4, stop_waits_for_running_calls_with_a_hook_only, .timeout = 10) {
-  struct wind_case s = {.home = start_home(), .parked = {.ms = 2000}};
+  struct wind_case s = {.home = start_home(), .winding = {.stop_ms = 20},
+                        .parked = {.ms = 2000}};
+  s.parked.started = &s.parked_started;
+  sem_init(&s.winding.started, 0, 0);
+  sem_init(&s.parked_started, 0, 0);
   sa_test_in_loop(wind_in_loop, &s);
+  sem_destroy(&s.winding.started);
+  sem_destroy(&s.parked_started);
   cr_assert_eq(s.stop_rc, 0, "SA-HOME-4: stop returned %d", s.stop_rc);
   cr_assert_eq(s.winding.hooks, 1, "SA-HOME-4: the running call's cancel hook ran %d times",
                s.winding.hooks);
