@@ -170,6 +170,57 @@ Test(SA_DL_1, deadline_already_past_keeps_an_inline_result_else_times_out) {
   check_past_deadline(&in_loop, "forced sync in a loop callback");
 }
 
+/* The same, async: in a loop callback (auto) and forced from plain code,
+ * the result taken through the future. */
+struct past_async {
+  struct value_req req[3];
+  sa_future_t f[3];
+  int rc[3];
+};
+
+static void past_async_calls(struct past_async *a, sa_mode_t mode) {
+  for (int i = 0; i < 3; i++) {
+    a->req[i] = (struct value_req){.when = sa_test_whens[i], .status = -7, .value = &marker,
+                                   .delay_ms = LONG_OP_MS};
+    uint64_t past = uv_hrtime() - 1000000; /* a millisecond ago */
+    a->rc[i] = sa_dispatch_until(&value_op, &a->req[i], mode, past, NULL, &a->f[i]);
+  }
+}
+
+static void past_async_in_loop(uv_loop_t *loop, void *data) {
+  (void)loop;
+  past_async_calls(data, SA_MODE_AUTO);
+}
+
+static void check_past_async(struct past_async *a, const char *where) {
+  for (int i = 0; i < 3; i++) {
+    const char *w = sa_test_when_name(sa_test_whens[i]);
+    void *value = NULL;
+    cr_assert_eq(a->rc[i], SA_PENDING, "SA-DL-1 (%s, %s): returned %d", where, w, a->rc[i]);
+    int status = sa_future_wait(a->f[i], &value);
+    cr_assert_eq(a->req[i].starts, 1, "SA-DL-1 (%s, %s): the op did not start", where, w);
+    if (sa_test_whens[i] == SA_TEST_INLINE) {
+      cr_assert_eq(status, -7, "SA-DL-1 (%s, %s): the inline result -7 became %d", where, w,
+                   status);
+      cr_assert_eq(value, &marker, "SA-DL-1 (%s, %s): the op's value was lost", where, w);
+    } else {
+      cr_assert_eq(status, SA_ETIMEDOUT, "SA-DL-1 (%s, %s): delivered %d, not SA_ETIMEDOUT",
+                   where, w, status);
+      cr_assert_eq(a->req[i].cancels, 1, "SA-DL-1 (%s, %s): the hook ran %d times", where, w,
+                   a->req[i].cancels);
+    }
+    cr_assert_eq(sa_future_release(a->f[i]), 0);
+  }
+}
+
+Test(SA_DL_1, deadline_already_past_async_keeps_an_inline_result_else_times_out) {
+  struct past_async forced, in_loop;
+  past_async_calls(&forced, SA_MODE_ASYNC);
+  check_past_async(&forced, "forced async from plain code");
+  sa_test_in_loop(past_async_in_loop, &in_loop);
+  check_past_async(&in_loop, "auto in a loop callback");
+}
+
 /* SA-DL-2: an op without a cancel hook completes after the time-out. Its
  * completion is accepted and dropped; the next call on the thread's loop
  * gives it the time to happen. Valgrind (conformance-valgrind) checks that
