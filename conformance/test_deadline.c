@@ -52,13 +52,13 @@ Test(SA_DL_1, sync_call_times_out_no_earlier_than_the_deadline) {
 struct closing {
   uv_timer_t timer;
   sa_call_t *call;
-  int hooks, completions;
+  int hooks, completions, complete_rc;
 };
 
 static void closing_closed(uv_handle_t *handle) {
   struct closing *c = handle->data;
   c->completions++;
-  sa_complete(c->call, SA_ECANCELED, NULL);
+  c->complete_rc = sa_complete(c->call, SA_ECANCELED, NULL);
 }
 
 static void closing_fire(uv_timer_t *timer) {
@@ -92,6 +92,9 @@ Test(SA_DL_1, op_with_a_hook_is_done_when_the_time_out_returns) {
   cr_assert_eq(c.completions, 1,
                "SA-DL-1: the time-out was returned before the op finished stopping: its "
                "argument is still in use");
+  cr_assert_eq(c.complete_rc, 0,
+               "SA-OP-2: the op's one completion after the time-out returned %d, not 0",
+               c.complete_rc);
 }
 
 /* Forced sync in async context: the running loop is blocked, the deadline

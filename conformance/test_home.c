@@ -2,6 +2,7 @@
 #include "sa_test.h"
 
 #include <criterion/criterion.h>
+#include <malloc.h>
 #include <sched.h>
 #include <semaphore.h>
 #include <stdlib.h>
@@ -689,4 +690,28 @@ Test(SA_HOME_5, cancel_from_another_thread_in_sync_context) {
   cr_assert_eq(req.cancels, 1, "SA-HOME-5: cancel hook ran %d times", req.cancels);
   cr_assert_eq(sa_future_release(c.f), 0);
   cr_assert_eq(sa_home_stop(home), 0);
+}
+
+/* SA-HOME-4: stop frees the home's thread and loop: what a home costs does
+ * not stay behind it. Forty homes started, called and stopped one after the
+ * other leave the heap and the file descriptors as they were (after a few
+ * to warm up caches an implementation may keep). */
+static void home_cycle(void) {
+  sa_home_t *home = start_home();
+  struct value_req req = {.when = SA_TEST_LATER, .status = -2};
+  cr_assert_eq(sa_home_call(home, &value_op, &req, SA_MODE_SYNC, NULL, NULL), -2);
+  cr_assert_eq(sa_home_stop(home), 0);
+}
+
+Test(SA_HOME_4, stopped_homes_leave_nothing_behind, .timeout = 30) {
+  for (int i = 0; i < 4; i++)
+    home_cycle();
+  int fds = sa_test_count_fds();
+  size_t heap = mallinfo2().uordblks;
+  for (int i = 0; i < 40; i++)
+    home_cycle();
+  size_t grown = mallinfo2().uordblks - heap;
+  cr_assert_eq(sa_test_count_fds(), fds, "SA-HOME-4: 40 stopped homes left file descriptors");
+  cr_assert_lt((long)grown, 4096, "SA-HOME-4: 40 stopped homes left %zu bytes of heap behind",
+               grown);
 }

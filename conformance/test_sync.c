@@ -117,6 +117,48 @@ Test(SA_SYNC_3, private_loop_persists_across_calls) {
   cr_assert_eq(sa_dispatch(&close_op, NULL, SA_MODE_AUTO, NULL, &(sa_future_t){0}), 0);
 }
 
+/* SA-SYNC-3: handles an op leaves on the private loop stay active there,
+ * referenced, across calls; a later sync call still returns when its own op
+ * completes, the three ways. (The wait runs the loop until the call
+ * completes, not until the loop has nothing left: with a repeating timer
+ * kept on it, that would be never.) */
+static uv_timer_t ticking;
+static int ticks;
+
+static void tick(uv_timer_t *timer) {
+  (void)timer;
+  ticks++;
+}
+
+static void start_ticking(sa_call_t *call, uv_loop_t *loop, void *arg) {
+  (void)arg;
+  cr_assert_eq(uv_timer_init(loop, &ticking), 0);
+  cr_assert_eq(uv_timer_start(&ticking, tick, 1, 1), 0);
+  sa_complete(call, 0, NULL);
+}
+
+static void stop_ticking(sa_call_t *call, uv_loop_t *loop, void *arg) {
+  (void)loop;
+  (void)arg;
+  uv_close((uv_handle_t *)&ticking, NULL);
+  sa_complete(call, 0, NULL);
+}
+
+static const sa_op_t start_ticking_op = {start_ticking, NULL};
+static const sa_op_t stop_ticking_op = {stop_ticking, NULL};
+
+Test(SA_SYNC_3, calls_return_while_a_kept_handle_stays_active) {
+  cr_assert_eq(sa_dispatch(&start_ticking_op, NULL, SA_MODE_SYNC, NULL, NULL), 0);
+  for (int i = 0; i < 3; i++) {
+    struct value_req req = {.when = sa_test_whens[i], .delay_ms = 5, .status = -3};
+    int rc = sa_dispatch(&value_op, &req, SA_MODE_AUTO, NULL, &(sa_future_t){0});
+    cr_assert_eq(rc, -3, "SA-SYNC-3 (%s): returned %d", sa_test_when_name(sa_test_whens[i]),
+                 rc);
+  }
+  cr_assert_gt(ticks, 0, "the kept timer never ran while the calls ran the loop");
+  cr_assert_eq(sa_dispatch(&stop_ticking_op, NULL, SA_MODE_SYNC, NULL, NULL), 0);
+}
+
 struct sync4 {
   pthread_barrier_t both_called;
   uv_loop_t *loop[2];
