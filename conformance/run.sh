@@ -36,7 +36,7 @@ fi
 suite="$1"
 fork="$2"
 mkdir -p "$out"
-rm -f "$out"/*.tap "$out"/*.log
+rm -f "$out"/*.tap "$out"/*.log "$out/matrix.tsv"
 
 # Every test process aborts itself past SA_TEST_TIMEOUT seconds (its
 # watchdog, sa_test.c): Criterion reports it by name and runs the others.
@@ -142,8 +142,9 @@ echo "requirements: $req_pass passed, $req_fail failed"
 
 # The matrix's tests (test_matrix.c) each log a line
 #   matrix: SA-ENTRY-3, sa_batch ALL: 162 cells checked, 24 failed
-# summed here per requirement.
-awk '/\] matrix: SA-[A-Z]*-[0-9]*, / {
+# summed here per requirement, and written to matrix.tsv (id, cells, failed,
+# tests).
+awk -v tsv="$out/matrix.tsv" '/\] matrix: SA-[A-Z]*-[0-9]*, / {
   line = $0
   sub(/.*\] matrix: /, "", line)
   id = line; sub(/,.*/, "", id)
@@ -155,9 +156,11 @@ awk '/\] matrix: SA-[A-Z]*-[0-9]*, / {
 END {
   if (!total_tests) exit
   printf "matrix: %d cells checked by %d tests, %d failed\n", total, total_tests, total_failed
-  for (id in cells)
+  for (id in cells) {
     printf "  %-12s %5d cells, %4d failed, %d tests\n", id, cells[id], failed[id],
       tests[id] | "sort"
+    printf "%s\t%d\t%d\t%d\n", id, cells[id], failed[id], tests[id] > tsv
+  }
 }' "$out/suite.log"
 
 set --
