@@ -474,9 +474,9 @@ static void gen_other(struct gen *g, int who) {
     }
   } else if (r < 80) {
     a.kind = ACT_SESSION;
-  } else if (g->opt->fork) {
+  } else {
     a.kind = ACT_FORK;
-    if (emit(g, a))
+    if (g->opt->fork && emit(g, a))
       gen_child_block(g, who);
     return;
   }

@@ -238,11 +238,29 @@ static void shrink(struct program *p, const char *check) {
 
 /* ---- the runs -------------------------------------------------------------- */
 
+/* The checks failed so far: each is shrunk and printed once. */
+static char reported[64][sizeof verdict->check];
+static int nreported;
+
+static bool seen_before(const char *check) {
+  for (int i = 0; i < nreported; i++)
+    if (!strcmp(reported[i], check))
+      return true;
+  if (nreported < 64)
+    snprintf(reported[nreported++], sizeof reported[0], "%s", check);
+  return false;
+}
+
 static void report(struct program *p) {
   char check[sizeof verdict->check];
   snprintf(check, sizeof check, "%s", verdict->check);
   printf("model: seed %llu FAILED: %s: %s (action %d)\n", (unsigned long long)p->seed, check,
          verdict->detail, verdict->action);
+  if (seen_before(check)) {
+    printf("model: seed %llu: the same check failed before: reproduction above\n",
+           (unsigned long long)p->seed);
+    return;
+  }
   int before = p->nactions;
   if (opt.shrink && !opt.inline_run) {
     shrink(p, check);

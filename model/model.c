@@ -212,19 +212,19 @@ static tick_t pending_until(const struct call_rec *c) {
 
 static int blocking_status(int status) { return status > 0 ? SA_EINVAL : status; }
 
-/* SA_ETIMEDOUT may be the call's result [SA-DL-1, SA-DL-3]. */
+/* SA_ETIMEDOUT may be the call's result [SA-DL-1, SA-DL-3]: its own
+ * deadline passed, or a wait with a deadline timed it out. */
 static bool timeout_ok(const struct call_rec *c) {
   tick_t done = work_done(c);
-  if (c->deadline != SA_NO_DEADLINE) {
-    const struct op_rec *op = &c->op[0];
-    if (!done)
-      return true;
-    /* A result given inside start stands, even past a deadline; one given
-     * before the deadline is the result. One given after it but before the
-     * time-out took effect may stand too: either is accepted. */
-    return !op->done_in_start && op->done_ns >= c->deadline;
-  }
-  return c->timeout_from && (!done || done > c->timeout_from);
+  if (c->timeout_from && (!done || done > c->timeout_from))
+    return true;
+  if (c->deadline == SA_NO_DEADLINE)
+    return false;
+  /* A result given inside start stands, even past a deadline; one given
+   * before the deadline is the result. One given after it but before the
+   * time-out took effect may stand too: either is accepted. */
+  const struct op_rec *op = &c->op[0];
+  return !done || (!op->done_in_start && op->done_ns >= c->deadline);
 }
 
 /* SA_ECANCELED may be the call's result, given by the dispatcher itself. */

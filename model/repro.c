@@ -657,10 +657,18 @@ static void live_homes(const struct program *p, bool live[MAX_HOMES]) {
   }
 }
 
+static bool acts(const struct program *p, int actor) {
+  for (int i = 0; i < p->nactions; i++)
+    if (p->acts[i].actor == actor)
+      return true;
+  return false;
+}
+
 static void print_main(const struct program *p) {
   put("\nint main(void) {\n  pthread_t t[%d];\n  alarm(60);\n", MAX_ACTORS);
   for (int a = 0; a < p->nactors; a++)
-    put("  pthread_create(&t[%d], NULL, actor_%d, NULL);\n", a, a);
+    if (acts(p, a))
+      put("  pthread_create(&t[%d], NULL, actor_%d, NULL);\n", a, a);
   for (int i = 0; i < p->nactions; i++) {
     const struct action *a = &p->acts[i];
     if (a->kind != ACT_EXIT)
@@ -702,7 +710,8 @@ void repro_print(const struct program *p, const struct verdict *v, int fd) {
   if (v && atomic_load(&v->failed) != V_PASS)
     put(" * FAILED %s at action %d:\n *   %s\n", v->check, v->action, v->detail);
   for (int a = 0; a < p->nactors; a++)
-    put(" * actor %d: %s\n", a, kinds[p->actor_kind[a]]);
+    if (acts(p, a))
+      put(" * actor %d: %s\n", a, kinds[p->actor_kind[a]]);
   put(" *\n * Build: cc -std=gnu11 repro.c $(pkg-config --cflags --libs smartasync) -lpthread\n"
       " * The actions run one at a time in the program's order; each CHECK asserts\n"
       " * what the model allowed in the failing run.\n */\n");
@@ -713,6 +722,8 @@ void repro_print(const struct program *p, const struct verdict *v, int fd) {
   print_ops(p);
   print_children(p, v);
   for (int a = 0; a < p->nactors; a++) {
+    if (!acts(p, a))
+      continue;
     if (is_loop_actor(p, a))
       print_loop_actor(p, v, a);
     else
