@@ -18,6 +18,7 @@
 
 struct gslot {
   bool made;
+  int action;    /* the call that made it */
   bool async;    /* a future is expected */
   bool in_child; /* made in the fork child */
   int owner;
@@ -193,7 +194,7 @@ static void apply(struct gstate *s, int i) {
     session_begin(s, who);
   bool in_step = !child && is_loop_actor(s, who);
   if (is_call(a->kind)) {
-    s->slot[a->slot] = (struct gslot){.made = true, .async = call_async(a, in_step),
+    s->slot[a->slot] = (struct gslot){.made = true, .action = i, .async = call_async(a, in_step),
                                       .in_child = child, .owner = who,
                                       .epoch = s->actor[who].teardowns};
     if (op_forks(a))
@@ -301,7 +302,7 @@ static struct op_spec random_op(struct gen *g) {
 }
 
 static int random_mode(struct gen *g) {
-  static const unsigned w[] = {40, 25, 33, 2};
+  static const unsigned w[] = {35, 20, 43, 2}; /* auto, sync, async, invalid */
   int m = pick(g, w, 4);
   return m == 3 ? MODE_BAD : m;
 }
@@ -326,13 +327,26 @@ static int new_slot(struct gen *g) {
   return g->p->nslots < MAX_SLOTS ? g->p->nslots++ : -1;
 }
 
-/* A slot to act on: mostly the last one, else any made so far. */
+static bool holds_future(const struct gen *g, int slot) {
+  const struct gslot *sl = &g->s.slot[slot];
+  return sl->made && sl->async && g->p->acts[sl->action].kind != ACT_DISPATCH_THEN;
+}
+
+/* A slot to act on: mostly the last one, else mostly one holding a future
+ * (the null future gets SA_EINVAL at once), else any made so far. */
 static int some_slot(struct gen *g) {
-  if (g->p->nslots == 0)
+  int n = g->p->nslots;
+  if (n == 0)
     return -1;
   if (g->last_slot >= 0 && chance(g, 55))
     return g->last_slot;
-  return (int)below(g, (unsigned)g->p->nslots);
+  int any = (int)below(g, (unsigned)n);
+  if (chance(g, 15))
+    return any;
+  for (int k = 0; k < n; k++)
+    if (holds_future(g, (any + k) % n))
+      return (any + k) % n;
+  return any;
 }
 
 static void gen_child_block(struct gen *g, int who);

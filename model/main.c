@@ -17,6 +17,7 @@
  * --shrink-seconds  time allowed for shrinking a failure (default 30)
  * --keep-going after a failure, go on with the next seed
  * --print      print the programs as C reproductions instead of running them
+ * --stats      at the end, the return codes each kind of action gave
  * --verbose    a line per program
  *
  * A failure prints the seed, what broke, and the program as a C file that
@@ -45,17 +46,20 @@ static struct {
   double shrink_seconds;
   bool keep_going;
   bool print;
+  bool stats;
   bool verbose;
-} opt = {1, 0, 0, {MAX_ACTORS, true}, false, 10000, true, 30, false, false, false};
+} opt = {1, 0, 0, {MAX_ACTORS, true}, false, 10000, true, 30, false, false, false, false};
 
 static struct verdict *verdict; /* MAP_SHARED: written by the program's processes */
 
 static double seconds(void) { return (double)uv_hrtime() / 1e9; }
+static double started; /* when the run began */
 
 static void usage(void) {
   fprintf(stderr, "usage: sa_model [--seed N] [--rounds N] [--duration SECONDS] [--threads N]\n"
                   "                [--no-fork] [--inline] [--timeout SECONDS] [--no-shrink]\n"
-                  "                [--shrink-seconds S] [--keep-going] [--print] [--verbose]\n");
+                  "                [--shrink-seconds S] [--keep-going] [--print] [--stats]\n"
+                  "                [--verbose]\n");
   exit(2);
 }
 
@@ -88,6 +92,8 @@ static void parse(int argc, char **argv) {
         opt.keep_going = true;
       else if (!strcmp(a, "--print"))
         opt.print = true;
+      else if (!strcmp(a, "--stats"))
+        opt.stats = true;
       else if (!strcmp(a, "--verbose"))
         opt.verbose = true;
       else
@@ -236,6 +242,44 @@ static void shrink(struct program *p, const char *check) {
   }
 }
 
+/* ---- what the runs exercised ---------------------------------------------------- */
+
+#define CODES 16 /* distinct return codes counted per kind of action */
+
+static struct {
+  int n;
+  int code[CODES];
+  long count[CODES];
+} stats[ACT_COUNT];
+
+static void count_outcomes(const struct program *p) {
+  for (int i = 0; i < p->nactions; i++) {
+    const struct outcome *o = &verdict->outcome[i];
+    if (!o->ran)
+      continue;
+    __typeof__(stats[0]) *s = &stats[p->acts[i].kind];
+    int k = 0;
+    while (k < s->n && s->code[k] != o->rc)
+      k++;
+    if (k == s->n && s->n < CODES)
+      s->code[s->n++] = o->rc;
+    if (k < s->n)
+      s->count[k]++;
+  }
+}
+
+static void print_stats(void) {
+  printf("model: return codes by action (count):\n");
+  for (int kind = 0; kind < ACT_COUNT; kind++) {
+    if (!stats[kind].n)
+      continue;
+    printf("  %-22s", act_name((enum act)kind));
+    for (int k = 0; k < stats[kind].n; k++)
+      printf(" %s %ld", sa_strerror(stats[kind].code[k]), stats[kind].count[k]);
+    printf("\n");
+  }
+}
+
 /* ---- the runs -------------------------------------------------------------- */
 
 /* The checks failed so far: each is shrunk and printed once. */
@@ -254,8 +298,9 @@ static bool seen_before(const char *check) {
 static void report(struct program *p) {
   char check[sizeof verdict->check];
   snprintf(check, sizeof check, "%s", verdict->check);
-  printf("model: seed %llu FAILED: %s: %s (action %d)\n", (unsigned long long)p->seed, check,
-         verdict->detail, verdict->action);
+  printf("model: seed %llu FAILED: %s: %s (action %d, at %.1f s)\n",
+         (unsigned long long)p->seed, check, verdict->detail, verdict->action,
+         seconds() - started);
   if (seen_before(check)) {
     printf("model: seed %llu: the same check failed before: reproduction above\n",
            (unsigned long long)p->seed);
@@ -284,7 +329,7 @@ int main(int argc, char **argv) {
     return 2;
   }
   static struct program p;
-  double start = seconds();
+  double start = started = seconds();
   long runs = 0, failed = 0;
   for (uint64_t seed = opt.seed;; seed++) {
     if (opt.rounds && runs >= opt.rounds)
@@ -298,6 +343,8 @@ int main(int argc, char **argv) {
       continue;
     }
     int v = run_isolated(&p, false);
+    if (opt.stats)
+      count_outcomes(&p);
     if (opt.verbose)
       printf("model: seed %llu: %d actors, %d actions: %s\n", (unsigned long long)seed,
              p.nactors, p.nactions, v == V_PASS ? "pass" : verdict->check);
@@ -308,6 +355,8 @@ int main(int argc, char **argv) {
         break;
     }
   }
+  if (opt.stats)
+    print_stats();
   if (!opt.print)
     printf("model: %ld programs, %ld failed (%.1f s)\n", runs, failed, seconds() - start);
   return failed ? 1 : 0;

@@ -717,7 +717,7 @@ void model_delivery(struct call_rec *c, sa_future_t f, int status, void *value) 
 
 /* ---- ops ------------------------------------------------------------------ */
 
-static bool is_app_loop(const uv_loop_t *loop) {
+bool is_app_loop(const uv_loop_t *loop) {
   for (int a = 0; a < MAX_ACTORS; a++)
     if (loop == &run.actors[a].loops[0] || loop == &run.actors[a].loops[1])
       return true;
@@ -780,6 +780,22 @@ void model_op_started(struct op_rec *op) {
     fail(action, "SA-OP-5 the loop's time is current", NULL,
          "uv_now() is %llu ms inside the start of call %d's op, made at %llu ms",
          (unsigned long long)now, c->index, (unsigned long long)c->made_ms);
+  model_unlock();
+}
+
+/* SA-OP-2: the op's first completion returns 0. One that comes while its
+ * loop is going away (thread exit, home stop), after the dispatcher settled
+ * the call itself, may be told SA_EALREADY: SPEC says 0 only for a call
+ * that timed out (SA-DL-2). */
+void model_op_completed(struct op_rec *op, int rc) {
+  model_lock();
+  const struct call_rec *c = op->call;
+  bool settled_maybe = c->teardown_from || c->stop_from;
+  if (rc != 0 && !(rc == SA_EALREADY && settled_maybe))
+    fail(c->action, "SA-OP-2 sa_complete", NULL,
+         "the first completion (%s, status %d) of call %d's op %d returned %d (%s), not 0",
+         op->done_in_start ? "inside start" : "later", op->done_status, c->index, op->item, rc,
+         sa_strerror(rc));
   model_unlock();
 }
 

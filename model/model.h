@@ -267,6 +267,7 @@ struct kept {
   uv_loop_t *loop;
   uv_timer_t timer;
   bool open;
+  bool closing;   /* closed by the harness, its close callback not run yet */
   bool inherited; /* a fork child's copy of its parent's: never touched */
 };
 
@@ -365,6 +366,9 @@ void model_future_action(enum act kind, struct call_rec *c, const struct obs *o,
 void model_delivery(struct call_rec *c, sa_future_t f, int status, void *value);
 void model_op_started(struct op_rec *op);
 void model_op_hooked(struct op_rec *op);
+void model_op_completed(struct op_rec *op, int rc);
+/* Whether loop is one of the actors' application loops. */
+bool is_app_loop(const uv_loop_t *loop);
 void model_teardown_began(int actor);
 void model_teardown_done(int actor, int action);
 void model_home_stop_began(int home, int generation);

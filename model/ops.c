@@ -49,11 +49,7 @@ static void op_complete(struct op_rec *op, int status, bool in_start) {
   op->done_in_start = in_start;
   op->done_ns = uv_hrtime();
   atomic_store(&op->done_tick, tick()); /* publishes the fields above */
-  int rc = sa_complete(op->sa_call, status, op);
-  if (rc != 0)
-    fail(op->call->action, "SA-OP-2 sa_complete", NULL,
-         "the op's first completion of call %d returned %d (%s), not 0", op->call->index, rc,
-         sa_strerror(rc));
+  model_op_completed(op, sa_complete(op->sa_call, status, op));
 }
 
 /* The handle fired, or the hook stopped it: close it and complete. */
@@ -85,7 +81,19 @@ static void on_later(uv_timer_t *timer) {
 }
 
 static void kept_fired(uv_timer_t *timer) { (void)timer; }
-static void kept_closed(uv_handle_t *handle) { (void)handle; }
+
+/* A kept handle's memory is reused only once libuv is done with it. */
+static void kept_closed(uv_handle_t *handle) {
+  struct kept *k = handle->data;
+  k->closing = false;
+}
+
+static void kept_close(struct kept *k) {
+  k->open = false;
+  k->closing = true;
+  k->timer.data = k;
+  uv_close((uv_handle_t *)&k->timer, kept_closed);
+}
 
 static bool handle_on_loop(uv_loop_t *loop, const uv_handle_t *wanted);
 
@@ -140,14 +148,12 @@ static void op_keep(struct op_rec *op) {
   if (k && k->inherited)
     k = NULL; /* the parent's: never touched (it is not on a fresh loop anyway) */
   if (op->spec.keep == 2) {
-    if (k) {
-      k->open = false;
-      uv_close((uv_handle_t *)&k->timer, kept_closed);
-    }
+    if (k)
+      kept_close(k);
     return;
   }
   for (int i = 0; i < MAX_KEPT && !k; i++) {
-    if (!a->kept[i].open) {
+    if (!a->kept[i].open && !a->kept[i].closing) {
       k = &a->kept[i];
       *k = (struct kept){.loop = op->loop, .open = true};
       uv_timer_init(op->loop, &k->timer);
@@ -161,19 +167,19 @@ static void op_keep(struct op_rec *op) {
 
 /* Close what `a` keeps open on `loop` (a loop actor's session ends). */
 void kept_close_all(struct actor_rt *a, uv_loop_t *loop) {
-  for (int k = 0; k < MAX_KEPT; k++) {
-    if (a->kept[k].open && a->kept[k].loop == loop) {
-      a->kept[k].open = false;
-      uv_close((uv_handle_t *)&a->kept[k].timer, kept_closed);
-    }
-  }
+  for (int k = 0; k < MAX_KEPT; k++)
+    if (a->kept[k].open && a->kept[k].loop == loop)
+      kept_close(&a->kept[k]);
 }
 
-/* The loops of `a` went away with their handles (sa_thread_cleanup). */
+/* The private loops of `a` went away with their handles, closed or
+ * closing (sa_thread_cleanup): their memory is free again. */
 void kept_forget_private(struct actor_rt *a) {
-  for (int k = 0; k < MAX_KEPT; k++)
-    if (!a->kept[k].inherited)
-      a->kept[k].open = false;
+  for (int k = 0; k < MAX_KEPT; k++) {
+    struct kept *kept = &a->kept[k];
+    if (!kept->inherited && !is_app_loop(kept->loop))
+      kept->open = kept->closing = false;
+  }
   a->sync_kept = -1;
 }
 
