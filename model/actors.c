@@ -263,7 +263,7 @@ static void do_loop(struct actor_rt *a, int i) {
     if (target->loop_closed[ac->loop])
       allowed[n++] = SA_EINVAL; /* closed before the fork: SA-LOOP-3 as well */
     check = "SA-THR-3 a loop the fork's parent ran";
-  } else if (target == a) {
+  } else if (target == a && ac->loop == a->cur) {
     allowed[n++] = SA_EBUSY;
     check = "SA-LOOP-1 a loop running on this thread";
   } else {
@@ -495,7 +495,6 @@ static void session_run(struct actor_rt *a) {
   if (uv_loop_init(loop) != 0 || uv_async_init(loop, &a->turn, on_turn) != 0)
     abort(); /* the harness itself: no fds or memory left */
   a->loop_closed[a->cur] = false;
-  a->loop_ran[a->cur] = true;
   a->session++;
   a->session_ending = false;
   a->in_session = true;
@@ -564,7 +563,6 @@ static void join_exits(void) {
     }
     pthread_mutex_unlock(&run.mu);
     pthread_join(a->thread, NULL);
-    a->joined = true;
     tick();
     model_teardown_done(a->index, i);
     int ok = 0;

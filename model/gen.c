@@ -112,8 +112,8 @@ static bool loop_action_allowed(const struct gstate *s, const struct action *a, 
     return false;
   if (child)
     return s->ran_at_fork[a->other][a->loop];
-  if (a->other == who) /* its own running loop, from a step: SA_EBUSY */
-    return is_loop_actor(s, who) && a->loop == s->actor[who].cur && a->probe != PROBE_CLOSE;
+  if (a->other == who && a->loop == s->actor[who].cur) /* running, from a step: SA_EBUSY */
+    return a->probe != PROBE_CLOSE;
   return s->actor[a->other].closed[a->loop];
 }
 
@@ -252,9 +252,7 @@ bool gen_valid(const struct program *p) {
 
 bool gen_call_async(const struct program *p, int i) {
   const struct action *a = &p->acts[i];
-  return a->actor != ACTOR_CHILD && p->actor_kind[a->actor] != ACTOR_PLAIN
-             ? call_async(a, true)
-             : call_async(a, false);
+  return call_async(a, a->actor != ACTOR_CHILD && p->actor_kind[a->actor] != ACTOR_PLAIN);
 }
 
 /* ---- random choices ---------------------------------------------------- */
@@ -482,10 +480,8 @@ static void gen_other(struct gen *g, int who) {
     a.other = (int8_t)below(g, (unsigned)g->p->nactors);
     a.loop = (uint8_t)below(g, 2);
     a.probe = (uint8_t)below(g, 3);
-    if (a.other == who && is_loop_actor(&g->s, who)) {
-      a.loop = (uint8_t)g->s.actor[who].cur;
-      a.probe = chance(g, 50) ? PROBE_RUN : PROBE_ENTER;
-    }
+    if (a.other == who && a.loop == g->s.actor[who].cur && a.probe == PROBE_CLOSE)
+      a.probe = chance(g, 50) ? PROBE_RUN : PROBE_ENTER; /* not a running loop's close */
   } else if (r < 80) {
     a.kind = ACT_SESSION;
   } else {

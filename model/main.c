@@ -346,8 +346,9 @@ int main(int argc, char **argv) {
     if (opt.stats)
       count_outcomes(&p);
     if (opt.verbose)
-      printf("model: seed %llu: %d actors, %d actions: %s\n", (unsigned long long)seed,
-             p.nactors, p.nactions, v == V_PASS ? "pass" : verdict->check);
+      printf("model: seed %llu: %d actors, %d actions: %s (at %.1f s)\n",
+             (unsigned long long)seed, p.nactors, p.nactions,
+             v == V_PASS ? "pass" : verdict->check, seconds() - start);
     if (v != V_PASS) {
       failed++;
       report(&p);

@@ -177,6 +177,11 @@ struct call_rec *model_new_call(int action, int slot, int owner, int kind, int m
   return c;
 }
 
+static bool single_op(const struct call_rec *c) {
+  return c->kind == ACT_DISPATCH || c->kind == ACT_DISPATCH_THEN ||
+         c->kind == ACT_DISPATCH_UNTIL;
+}
+
 static tick_t op_done(const struct op_rec *op) { return atomic_load(&op->done_tick); }
 
 static bool op_started(const struct op_rec *op) { return atomic_load(&op->starts) > 0; }
@@ -185,22 +190,26 @@ static bool op_result_is(const struct op_rec *op, int status, void *value) {
   return op_done(op) && op->done_status == status && op->done_value == value;
 }
 
-/* When the call's own work certainly finished (0: not yet, or unknown):
- * its op completed, its blocking function returned. A batch is done when
- * its items say so, which the batch checks itself. */
-static tick_t work_done(const struct call_rec *c) {
+/* When the dispatcher certainly had the call's completion (0: not yet, or
+ * unknown): its op called sa_complete. A blocking function's return
+ * reaches the dispatcher only when the call's loop runs; a batch completes
+ * when its items say so, which the batch checks itself. */
+static tick_t completed_at(const struct call_rec *c) {
   if (c->kind == ACT_CALL_BLOCKING)
-    return atomic_load(&c->blk.returned_tick);
+    return 0;
   if (c->kind == ACT_BATCH)
     return c->nops == 0 ? c->made_begin : 0;
   return op_done(&c->op[0]);
 }
 
-/* When the call was certainly still pending until (0: still is): a batch
- * cannot end before its first item does. */
+/* When the call was certainly still pending until (0: still is): a
+ * blocking call cannot end before its function returns, nor a batch before
+ * its first item does. */
 static tick_t pending_until(const struct call_rec *c) {
+  if (c->kind == ACT_CALL_BLOCKING)
+    return atomic_load(&c->blk.returned_tick);
   if (c->kind != ACT_BATCH || c->nops == 0)
-    return work_done(c);
+    return completed_at(c);
   tick_t first = 0;
   for (int k = 0; k < c->nops; k++) {
     tick_t d = op_done(&c->op[k]);
@@ -215,7 +224,7 @@ static int blocking_status(int status) { return status > 0 ? SA_EINVAL : status;
 /* SA_ETIMEDOUT may be the call's result [SA-DL-1, SA-DL-3]: its own
  * deadline passed, or a wait with a deadline timed it out. */
 static bool timeout_ok(const struct call_rec *c) {
-  tick_t done = work_done(c);
+  tick_t done = completed_at(c);
   if (c->timeout_from && (!done || done > c->timeout_from))
     return true;
   if (c->deadline == SA_NO_DEADLINE)
@@ -229,7 +238,9 @@ static bool timeout_ok(const struct call_rec *c) {
 
 /* SA_ECANCELED may be the call's result, given by the dispatcher itself. */
 static bool cancel_ok(const struct call_rec *c) {
-  tick_t done = work_done(c);
+  tick_t done = completed_at(c);
+  if (c->kind == ACT_CALL_BLOCKING) /* waited for when its loop goes away [SA-THR-2] */
+    done = atomic_load(&c->blk.returned_tick);
   /* Thread exit: with SA_ECANCELED unless its op completed [SA-THR-2]. A
    * home call's op completes on the home, its result on its way to the
    * exiting thread: SPEC does not say whether it stands. Both accepted. */
@@ -331,6 +342,13 @@ static void observe_result(struct call_rec *c, int action, tick_t at, int status
   if (why)
     fail(action, "SA-ENTRY-3 the call's result", NULL, "%s gave %d (%s) value %p for call %d: %s",
          what, status, sa_strerror(status), value, c->index, why);
+  /* SA-DL-3: a time-out is given once the hook has run and the op completed. */
+  const struct op_rec *op = &c->op[0];
+  if (status == SA_ETIMEDOUT && !why && single_op(c) && op->spec.hook && op_started(op) &&
+      !op_done(op))
+    fail(action, "SA-DL-3 the op completed before its time-out is given", NULL,
+         "%s gave SA_ETIMEDOUT for call %d while its op (with a hook) was still running", what,
+         c->index);
   c->res_known = true;
   c->res_status = status;
   c->res_value = value;
@@ -338,11 +356,6 @@ static void observe_result(struct call_rec *c, int action, tick_t at, int status
 }
 
 /* ---- entry points ----------------------------------------------------------- */
-
-static bool single_op(const struct call_rec *c) {
-  return c->kind == ACT_DISPATCH || c->kind == ACT_DISPATCH_THEN ||
-         c->kind == ACT_DISPATCH_UNTIL;
-}
 
 static bool has_future(const struct call_rec *c) { return c->kind != ACT_DISPATCH_THEN; }
 
@@ -424,7 +437,6 @@ void model_entry_returned(struct call_rec *c, const struct obs *o, enum expect e
                           sa_future_t f) {
   model_lock();
   c->made_begin = o->begin;
-  c->made_end = o->end;
   struct allow a = {0};
   switch (e) {
   case EXPECT_SYNC:
@@ -610,7 +622,6 @@ static void live_future_action(enum act kind, struct call_rec *c, const struct o
     expect_code(o, &a, "SA-FUT-2 sa_future_then", "sa_future_then");
     if (o->rc == 0) {
       c->then_attached = true;
-      c->then_begin = o->begin;
     }
     return;
   case ACT_WAIT:
@@ -675,9 +686,11 @@ void model_delivery(struct call_rec *c, sa_future_t f, int status, void *value) 
   model_lock();
   tick_t now = tick();
   int n = atomic_fetch_add(&c->conts, 1) + 1;
-  c->cont_tick = now;
   int action = c->action;
-  if (n > 1)
+  if (c->sync_expected)
+    fail(action, "SA-ASYNC-5 no continuation for a sync call", NULL,
+         "the continuation of sync call %d was called", c->index);
+  else if (n > 1)
     fail(action, "SA-ENTRY-4 delivered exactly once", NULL,
          "the continuation of call %d was called %d times", c->index, n);
   if (t_actor - 1 != c->owner)

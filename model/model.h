@@ -179,10 +179,6 @@ struct op_rec {
   bool handle_open;           /* the op's handle is started: the hook can stop it */
   atomic_bool handle_used, handle_closed;
   atomic_int starts, hooks;
-  atomic_int start_actor;     /* t_actor on the starting thread */
-  pthread_t start_thread;
-  tick_t start_tick;
-  atomic_uint_least64_t hook_tick;
   /* The completion, published by done_tick (0 until then). */
   int done_status;
   void *done_value;
@@ -229,15 +225,13 @@ struct call_rec {
   int cont;        /* enum cont of its continuation */
   /* Events, on the model's clock. */
   atomic_bool in_entry;         /* the entry point has not returned */
-  tick_t made_begin, made_end;
+  tick_t made_begin;
   tick_t released_begin, released_end; /* the release that returned 0 */
   atomic_int releases;          /* releases that returned 0 */
   atomic_int releasing;         /* releases in progress */
   bool stale_seen;              /* an action said SA_ESTALE while a release was in flight */
   bool then_attached;           /* sa_future_then returned 0 (or the entry took one) */
-  tick_t then_begin;
   atomic_int conts;
-  tick_t cont_tick;
   /* The delivered result, once something showed it. */
   bool res_known;
   int res_status;
@@ -277,10 +271,9 @@ struct actor_rt {
   int index;
   enum actor_kind kind;
   pthread_t thread;
-  bool started, exit_requested, joined;
+  bool started, exit_requested;
   /* loop actors: sessions alternate between two loops */
   uv_loop_t loops[2];
-  bool loop_ran[2];   /* run through the dispatcher in a session */
   bool loop_closed[2];
   int cur;
   bool in_session, session_ending;

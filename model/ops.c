@@ -110,8 +110,7 @@ static struct kept *kept_find(struct actor_rt *a, uv_loop_t *loop) {
 static void check_fresh_loop(struct actor_rt *a, const struct op_rec *op) {
   for (int k = 0; k < MAX_KEPT; k++) {
     const struct kept *kept = &a->kept[k];
-    if (kept->open && kept->inherited &&
-        (kept->loop == op->loop || handle_on_loop(op->loop, (uv_handle_t *)&kept->timer)))
+    if (kept->open && kept->inherited && handle_on_loop(op->loop, (uv_handle_t *)&kept->timer))
       fail(op->call->action, "SA-THR-3 fresh private loop", NULL,
            "the fork child's loop %p holds a handle its parent kept on loop %p",
            (void *)op->loop, (void *)kept->loop);
@@ -122,17 +121,14 @@ static void check_fresh_loop(struct actor_rt *a, const struct op_rec *op) {
  * loop. A kept handle left there by an earlier such call is still there. */
 static void check_persistent_loop(struct actor_rt *a, const struct op_rec *op) {
   const struct call_rec *c = op->call;
-  bool sync_from_sync = c->sync_from_sync && c->kind != ACT_BATCH;
-  if (!sync_from_sync)
+  if (!c->sync_from_sync || c->kind == ACT_BATCH || a->sync_kept < 0)
     return;
-  if (a->sync_kept >= 0) {
-    struct kept *k = &a->kept[a->sync_kept];
-    if (k->open && (k->loop != op->loop || !handle_on_loop(op->loop, (uv_handle_t *)&k->timer)))
-      fail(c->action, "SA-SYNC-3 persistent private loop", NULL,
-           "a sync call from sync context ran on loop %p, not on %p where an earlier one "
-           "left its handle open",
-           (void *)op->loop, (void *)k->loop);
-  }
+  struct kept *k = &a->kept[a->sync_kept];
+  if (k->open && (k->loop != op->loop || !handle_on_loop(op->loop, (uv_handle_t *)&k->timer)))
+    fail(c->action, "SA-SYNC-3 persistent private loop", NULL,
+         "a sync call from sync context ran on loop %p, not on %p where an earlier one "
+         "left its handle open",
+         (void *)op->loop, (void *)k->loop);
 }
 
 /* Keep a handle open on the op's loop (keep 1), or close the one kept
@@ -204,9 +200,6 @@ static void op_start(sa_call_t *call, uv_loop_t *loop, void *arg) {
   struct op_rec *op = arg;
   op->sa_call = call;
   op->loop = loop;
-  op->start_thread = pthread_self();
-  op->start_tick = tick();
-  atomic_store(&op->start_actor, t_actor);
   atomic_fetch_add(&op->starts, 1);
   model_op_started(op);
   if (op->spec.keep)
@@ -235,7 +228,6 @@ static void op_cancel(sa_call_t *call, uv_loop_t *loop, void *arg) {
   struct op_rec *op = arg;
   (void)call;
   (void)loop;
-  atomic_store(&op->hook_tick, tick());
   atomic_fetch_add(&op->hooks, 1);
   model_op_hooked(op);
   if (op->handle_open) {
@@ -278,6 +270,7 @@ static void follow_up(struct call_rec *parent) {
   if (!c)
     return;
   c->app_loop = parent->app_loop;
+  c->session = parent->session;
   c->loop = sa_current_loop();
   c->nops = 1;
   c->op[0].spec = (struct op_spec){.when = WHEN_NEXT_TICK, .hook = true};
@@ -288,12 +281,13 @@ static void follow_up(struct call_rec *parent) {
   void *value = &value;
   c->made_ms = now_ms();
   c->then_attached = true;
+  struct call_rec *outer = t_inside; /* the continuation may run inside a call */
   o.begin = tick();
   atomic_store(&c->in_entry, true);
   t_inside = c;
   o.rc = sa_dispatch_then(op_of(&c->op[0].spec), &c->op[0], SA_MODE_AUTO, &value,
                           on_delivery, c);
-  t_inside = NULL;
+  t_inside = outer;
   atomic_store(&c->in_entry, false);
   o.end = tick();
   o.end_ns = uv_hrtime();
