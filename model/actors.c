@@ -165,7 +165,7 @@ static void do_call(struct actor_rt *a, int i, bool in_step) {
   struct obs o;
   uv_loop_t *blocked = t_blocked_loop;
   if (in_step && e == EXPECT_SYNC)
-    t_blocked_loop = c->loop;
+    t_blocked_loop = &a->loops[a->cur]; /* a forced sync call blocks the step's loop */
   if (ac->kind == ACT_DISPATCH_UNTIL)
     c->deadline = sa_deadline_in(ac->ms);
   c->made_ms = now_ms();
@@ -364,9 +364,12 @@ static void child_hang(int sig) {
 }
 
 /* In the child of a fork made by action i: run the child's actions on
- * this thread alone, then leave with _exit (libuv issue 4443). */
+ * this thread alone, then leave with _exit (libuv issue 4443) and its
+ * verdict. The parent reads the verdict page rather than the status: under
+ * valgrind a child's status is memcheck's. */
 void fork_child_run(int action) {
   int actor = t_actor - 1;
+  int failures_before = atomic_load(&run.verdict->failures);
   run.in_child = true;
   run.child_of = action;
   t_inside = NULL;
@@ -389,7 +392,7 @@ void fork_child_run(int action) {
   for (int j = action + 1; j < p->nactions && p->acts[j].actor == ACTOR_CHILD; j++)
     run_step(a, j, false);
   atomic_fetch_add(&run.verdict->child_done, 1);
-  _exit(0);
+  _exit(atomic_load(&run.verdict->failures) > failures_before);
 }
 
 pid_t fork_now(int action) {

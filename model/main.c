@@ -246,18 +246,20 @@ static void shrink(struct program *p, const char *check) {
 
 #define CODES 16 /* distinct return codes counted per kind of action */
 
-static struct {
+struct code_counts {
   int n;
   int code[CODES];
   long count[CODES];
-} stats[ACT_COUNT];
+};
+
+static struct code_counts stats[ACT_COUNT];
 
 static void count_outcomes(const struct program *p) {
   for (int i = 0; i < p->nactions; i++) {
     const struct outcome *o = &verdict->outcome[i];
     if (!o->ran)
       continue;
-    __typeof__(stats[0]) *s = &stats[p->acts[i].kind];
+    struct code_counts *s = &stats[p->acts[i].kind];
     int k = 0;
     while (k < s->n && s->code[k] != o->rc)
       k++;
@@ -329,12 +331,12 @@ int main(int argc, char **argv) {
     return 2;
   }
   static struct program p;
-  double start = started = seconds();
+  started = seconds();
   long runs = 0, failed = 0;
   for (uint64_t seed = opt.seed;; seed++) {
     if (opt.rounds && runs >= opt.rounds)
       break;
-    if (opt.duration && seconds() - start >= opt.duration)
+    if (opt.duration && seconds() - started >= opt.duration)
       break;
     gen_program(&p, seed, &opt.gen);
     runs++;
@@ -348,7 +350,7 @@ int main(int argc, char **argv) {
     if (opt.verbose)
       printf("model: seed %llu: %d actors, %d actions: %s (at %.1f s)\n",
              (unsigned long long)seed, p.nactors, p.nactions,
-             v == V_PASS ? "pass" : verdict->check, seconds() - start);
+             v == V_PASS ? "pass" : verdict->check, seconds() - started);
     if (v != V_PASS) {
       failed++;
       report(&p);
@@ -359,6 +361,6 @@ int main(int argc, char **argv) {
   if (opt.stats)
     print_stats();
   if (!opt.print)
-    printf("model: %ld programs, %ld failed (%.1f s)\n", runs, failed, seconds() - start);
+    printf("model: %ld programs, %ld failed (%.1f s)\n", runs, failed, seconds() - started);
   return failed ? 1 : 0;
 }

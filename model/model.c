@@ -339,9 +339,13 @@ static void observe_result(struct call_rec *c, int action, tick_t at, int status
     return;
   }
   const char *why = result_why_not(c, status, value);
+  char expect[64] = "";
+  if (why && c->slot >= 0 && c->f.id) /* for the reproduction */
+    snprintf(expect, sizeof expect, "sa_future_status(f[%d], NULL) != %d", c->slot, status);
   if (why)
-    fail(action, "SA-ENTRY-3 the call's result", NULL, "%s gave %d (%s) value %p for call %d: %s",
-         what, status, sa_strerror(status), value, c->index, why);
+    fail(action, "SA-ENTRY-3 the call's result", expect,
+         "%s gave %d (%s) value %p for call %d: %s", what, status, sa_strerror(status), value,
+         c->index, why);
   /* SA-DL-3: a time-out is given once the hook has run and the op completed. */
   const struct op_rec *op = &c->op[0];
   if (status == SA_ETIMEDOUT && !why && single_op(c) && op->spec.hook && op_started(op) &&

@@ -217,10 +217,12 @@ static const char *const helper =
     "  sa_dispatch_then(&hooked, o, SA_MODE_AUTO, NULL, cont_ignore, NULL);\n"
     "}\n"
     "\n"
-    "/* The turn: the actions run one at a time, in the program's order. */\n"
+    "/* The turn: the actions run one at a time, in the program's order. A loop\n"
+    " * actor's steps run in a callback of its loop, woken when the turn moves. */\n"
     "static pthread_mutex_t turn_mu = PTHREAD_MUTEX_INITIALIZER;\n"
     "static pthread_cond_t turn_cv = PTHREAD_COND_INITIALIZER;\n"
     "static int turn;\n"
+    "static uv_async_t *wakers[4]; /* the loop actors' turn handles, while open */\n"
     "\n"
     "static void await_turn(int action) {\n"
     "  pthread_mutex_lock(&turn_mu);\n"
@@ -240,17 +242,27 @@ static const char *const helper =
     "  pthread_mutex_lock(&turn_mu);\n"
     "  turn = next;\n"
     "  pthread_cond_broadcast(&turn_cv);\n"
+    "  for (int a = 0; a < 4; a++)\n"
+    "    if (wakers[a])\n"
+    "      uv_async_send(wakers[a]);\n"
     "  pthread_mutex_unlock(&turn_mu);\n"
     "}\n"
     "\n"
-    "/* A loop actor's session: its steps run from a 1 ms timer on the loop. */\n"
-    "static void session(uv_loop_t *loop, int how, uv_timer_t *poll, uv_timer_cb steps,\n"
-    "                    int *ending) {\n"
+    "static void set_waker(int actor, uv_async_t *wake) {\n"
+    "  pthread_mutex_lock(&turn_mu);\n"
+    "  wakers[actor] = wake;\n"
+    "  pthread_mutex_unlock(&turn_mu);\n"
+    "}\n"
+    "\n"
+    "/* A loop actor's session: its steps run when its turn handle is woken. */\n"
+    "static void session(int actor, uv_loop_t *loop, int how, uv_async_t *wake,\n"
+    "                    uv_async_cb steps, int *ending) {\n"
     "  int rc;\n"
     "  uv_loop_init(loop);\n"
     "  *ending = 0;\n"
-    "  uv_timer_init(loop, poll);\n"
-    "  uv_timer_start(poll, steps, 0, 1);\n"
+    "  uv_async_init(loop, wake, steps);\n"
+    "  set_waker(actor, wake);\n"
+    "  uv_async_send(wake);\n"
     "  if (how == 1) /* uv_run inside sa_enter/sa_leave */\n"
     "    CHECK(-1, sa_enter(loop), 0);\n"
     "  do /* how 0: sa_run; how 2: uv_run, each step inside sa_enter/sa_leave */\n"
@@ -258,6 +270,14 @@ static const char *const helper =
     "  while (rc > 0 || !*ending);\n"
     "  if (how == 1)\n"
     "    CHECK(-1, sa_leave(loop), 0);\n"
+    "}\n"
+    "\n"
+    "/* In a step: the session ends; the loop drains. */\n"
+    "static void session_end(int actor, uv_async_t *wake, int *ending) {\n"
+    "  set_waker(actor, NULL);\n"
+    "  *ending = 1;\n"
+    "  uv_close((uv_handle_t *)wake, NULL);\n"
+    "  kept_close(actor, wake->loop);\n"
     "}\n"
     "\n"
     "static int close_loop(uv_loop_t *loop) {\n"
@@ -325,11 +345,7 @@ static const char *code_name(int code) {
   case SA_ECANCELED: return "SA_ECANCELED";
   case SA_ETIMEDOUT: return "SA_ETIMEDOUT";
   }
-  static char buf[4][16];
-  static int next;
-  char *b = buf[next++ % 4];
-  snprintf(b, sizeof buf[0], "%d", code);
-  return b;
+  return NULL; /* an op's own status: printed as a number */
 }
 
 /* CHECK the return code against what the model allowed, if it got there. */
@@ -340,9 +356,20 @@ static void check_rc(const struct verdict *v, int i, const char *ind) {
     return;
   }
   put("%sCHECK(%d, rc", ind, i);
-  for (int k = 0; k < o->nallowed; k++)
-    put(", %s", code_name(o->allowed[k]));
+  for (int k = 0; k < o->nallowed; k++) {
+    const char *name = code_name(o->allowed[k]);
+    if (name)
+      put(", %s", name);
+    else
+      put(", %d", o->allowed[k]);
+  }
   put(");\n");
+}
+
+/* The model's own condition for a failure seen at action i, if it has one. */
+static void print_expect(const struct verdict *v, int i, const char *ind) {
+  if (v && v->action == i && v->expect[0])
+    put("%sEXPECT(%d, %s); /* %s */\n", ind, i, v->expect, v->check);
 }
 
 static const char *op_table(const struct op_spec *op) {
@@ -514,6 +541,7 @@ static void print_action(const struct program *p, const struct verdict *v, int i
   } else if (a->kind == ACT_FORK) {
     put("%sfork_child(child_%d);\n", ind, i);
   }
+  print_expect(v, i, ind);
 }
 
 /* ---- what must be delivered when a loop goes away ------------------------------ */
@@ -577,8 +605,8 @@ static void print_plain_actor(const struct program *p, const struct verdict *v, 
 static void print_steps(const struct program *p, const struct verdict *v, int actor) {
   bool scoped = p->actor_kind[actor] == ACTOR_SCOPED;
   put("\n/* actor %d: its steps, in callbacks of its loop */\n"
-      "static uv_timer_t poll_%d;\nstatic int ending_%d;\n\n"
-      "static void steps_%d(uv_timer_t *poll) {\n  uv_loop_t *loop = poll->loop;\n"
+      "static uv_async_t wake_%d;\nstatic int ending_%d;\n\n"
+      "static void steps_%d(uv_async_t *wake) {\n  uv_loop_t *loop = wake->loop;\n"
       "  int rc;\n  void *v = NULL;\n  (void)loop, (void)rc, (void)v;\n",
       actor, actor, actor, actor);
   for (int i = 0; i < p->nactions; i++) {
@@ -588,8 +616,7 @@ static void print_steps(const struct program *p, const struct verdict *v, int ac
     put("  if (is_turn(%d)) {\n", i);
     if (a->kind == ACT_SESSION || a->kind == ACT_EXIT) {
       put("    /* action %d: %s: the loop drains, then closes */\n"
-          "    ending_%d = 1;\n    uv_close((uv_handle_t *)poll, NULL);\n"
-          "    kept_close(%d, loop);\n    return;\n  }\n",
+          "    session_end(%d, wake, &ending_%d);\n    return;\n  }\n",
           i, act_name((enum act)a->kind), actor, actor);
       continue;
     }
@@ -618,13 +645,14 @@ static void print_loop_actor(const struct program *p, const struct verdict *v, i
       continue;
     if (first < 0) {
       first = i;
-      put("  await_turn(%d);\n  session(&loops[%d][%d], %d, &poll_%d, steps_%d, &ending_%d);\n",
-          i, actor, x, kind - ACTOR_RUN, actor, actor, actor);
+      put("  await_turn(%d);\n  session(%d, &loops[%d][%d], %d, &wake_%d, steps_%d, &ending_%d);\n",
+          i, actor, actor, x, kind - ACTOR_RUN, actor, actor, actor);
     }
     if (a->kind != ACT_SESSION && a->kind != ACT_EXIT)
       continue;
     put("  rc = close_loop(&loops[%d][%d]);\n  CHECK(%d, rc, 0);\n", actor, x, i);
     print_due(p, actor, first, i, i, "  ");
+    print_expect(v, i, "  ");
     if (a->kind == ACT_EXIT) {
       put("  return NULL; /* action %d: thread exit */\n}\n", i);
       return;
@@ -668,7 +696,7 @@ static bool acts(const struct program *p, int actor) {
   return false;
 }
 
-static void print_main(const struct program *p) {
+static void print_main(const struct program *p, const struct verdict *v) {
   put("\nint main(void) {\n  pthread_t t[%d];\n  alarm(60);\n", MAX_ACTORS);
   for (int a = 0; a < p->nactors; a++)
     if (acts(p, a))
@@ -685,6 +713,7 @@ static void print_main(const struct program *p) {
         if (p->acts[j].actor == a->actor && p->acts[j].kind == ACT_CLEANUP)
           since = j;
       print_due(p, a->actor, since, i, i, "  ");
+      print_expect(v, i, "  ");
     }
     put("  pass_turn(%d);\n", next_main(p, i));
   }
@@ -696,6 +725,7 @@ static void print_main(const struct program *p) {
   put("  for (int k = 0; k < nchildren; k++) {\n    int status = 0;\n"
       "    waitpid(children[k], &status, 0);\n"
       "    EXPECT(-1, WIFEXITED(status) && WEXITSTATUS(status) == 0);\n  }\n");
+  print_expect(v, -1, "  ");
   put("  for (int s = 0; s < NSLOTS; s++) /* every future still held has its result */\n"
       "    if (f[s].id && !released[s])\n"
       "      EXPECT(-1, sa_future_status(f[s], NULL) != SA_PENDING && sa_future_release(f[s]) == 0);\n");
@@ -718,7 +748,8 @@ void repro_print(const struct program *p, const struct verdict *v, int fd) {
       put(" * actor %d: %s\n", a, kinds[p->actor_kind[a]]);
   put(" *\n * Build: cc -std=gnu11 repro.c $(pkg-config --cflags --libs smartasync) -lpthread\n"
       " * The actions run one at a time in the program's order; each CHECK asserts\n"
-      " * what the model allowed in the failing run.\n */\n");
+      " * what the model allowed in the failing run. The loops run by themselves\n"
+      " * between actions, as the scheduler lets them: rerun it if it passes.\n */\n");
   put("#define NSLOTS %d\n%s\n", p->nslots ? p->nslots : 1, helper);
   for (int i = 0; i < p->nactions; i++)
     if (forks(&p->acts[i]) && p->acts[i].actor != ACTOR_CHILD)
@@ -733,5 +764,5 @@ void repro_print(const struct program *p, const struct verdict *v, int fd) {
     else
       print_plain_actor(p, v, a);
   }
-  print_main(p);
+  print_main(p, v);
 }
