@@ -128,6 +128,7 @@ static struct call_rec *call_prepare(struct actor_rt *a, const struct action *ac
   c->app_loop = in_step && e == EXPECT_ASYNC; /* its future's loop is the actor's */
   c->loop = c->app_loop ? &a->loops[a->cur] : NULL;
   c->session = a->session;
+  c->slice = c->then_slice = a->slice;
   if (ac->kind == ACT_HOME_CALL) {
     c->home = ac->home;
     c->home_gen = run.homes[ac->home].generation;
@@ -464,9 +465,12 @@ static void session_end_begin(struct actor_rt *a, int i) {
   kept_close_all(a, &a->loops[a->cur]);
 }
 
+/* The steps run in one turn run in one loop iteration (an async handle's
+ * callback runs once per iteration): a slice. */
 static void on_turn(uv_async_t *handle) {
   struct actor_rt *a = handle->data;
   int i;
+  a->slice++;
   while (!a->session_ending && my_turn(a, &i)) {
     const struct action *ac = &run.prog->acts[i];
     if (ac->kind == ACT_SESSION || ac->kind == ACT_EXIT) {

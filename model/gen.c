@@ -293,7 +293,7 @@ static int pick(struct gen *g, const unsigned *weights, int n) {
 static struct op_spec random_op(struct gen *g) {
   static const unsigned when_w[] = {30, 30, 40};
   struct op_spec op = {.when = (uint8_t)pick(g, when_w, 3), .ms = (uint8_t)(1 + below(g, 12)),
-                       .hook = chance(g, 70), .fail = chance(g, 30)};
+                       .hook = chance(g, 70), .fail = chance(g, 30), .busy = chance(g, 8)};
   if (chance(g, 10))
     op.keep = chance(g, 70) ? 1 : 2; /* keep a handle open, or close it */
   return op;

@@ -288,12 +288,31 @@ static const char *batch_why_not(const struct call_rec *c, int status, void *val
   return "SA-BAT-3: the value is not one of the items";
 }
 
+/* A deadline passes first when the op, left alone, would complete this long
+ * after it: then the result is SA_ETIMEDOUT [SA-DL-1, SA-DL-3], whatever the
+ * implementation's timer resolution. Only on a loop whose time is current
+ * when the op starts (SA-OP-5: a private loop): an op started in a callback
+ * of a running loop times itself from the loop's cached time, and if the
+ * loop is then held up its timer may be due, and fire, before the
+ * deadline's. */
+#define DEADLINE_GRACE_NS (5 * 1000000u)
+
+static bool deadline_passed_first(const struct call_rec *c) {
+  const struct op_rec *op = &c->op[0];
+  if (c->deadline == SA_NO_DEADLINE || c->app_loop || op->spec.when != WHEN_LATER ||
+      !op_done(op) || op->done_by_hook)
+    return false;
+  return op->start_ns + op->spec.ms * 1000000u >= c->deadline + DEADLINE_GRACE_NS;
+}
+
 /* Why (status, value) cannot be the result of call c, or NULL if it can. */
 static const char *result_why_not(const struct call_rec *c, int status, void *value) {
   if (status == SA_ETIMEDOUT && value == NULL && timeout_ok(c))
     return NULL;
   if (status == SA_ECANCELED && value == NULL && cancel_ok(c))
     return NULL;
+  if (deadline_passed_first(c))
+    return "SA-DL-3: the deadline passed well before the op completed: SA_ETIMEDOUT";
   switch (c->kind) {
   case ACT_CALL_BLOCKING:
     if (atomic_load(&c->blk.returned_tick) && status == blocking_status(c->blk.status) &&
@@ -626,6 +645,7 @@ static void live_future_action(enum act kind, struct call_rec *c, const struct o
     expect_code(o, &a, "SA-FUT-2 sa_future_then", "sa_future_then");
     if (o->rc == 0) {
       c->then_attached = true;
+      c->then_slice = run.actors[o->actor].slice;
     }
     return;
   case ACT_WAIT:
@@ -681,6 +701,23 @@ void model_future_action(enum act kind, struct call_rec *c, const struct obs *o,
 
 /* ---- deliveries ---------------------------------------------------------- */
 
+/* SA-ASYNC-6: calls made on one loop whose ops completed inside start,
+ * their continuations attached before the loop ran on (in one slice), are
+ * delivered in the order they were made. On the loop's thread. */
+static void check_order(const struct call_rec *c, int action) {
+  if (!c->app_loop || c->slot < 0 || !single_op(c) || !c->op[0].done_in_start ||
+      c->then_slice != c->slice)
+    return;
+  struct actor_rt *a = &run.actors[c->owner];
+  if (a->order_slice == c->slice && a->order_made > c->made_begin)
+    fail(action, "SA-ASYNC-6 inline completions delivered in call order", NULL,
+         "call %d was delivered after a call made later on the same loop", c->index);
+  if (a->order_slice != c->slice || a->order_made < c->made_begin) {
+    a->order_slice = c->slice;
+    a->order_made = c->made_begin;
+  }
+}
+
 static bool continuation_expected(const struct call_rec *c) {
   return c->kind == ACT_DISPATCH_THEN || (c->then_attached && atomic_load(&c->releases) == 0);
 }
@@ -728,6 +765,7 @@ void model_delivery(struct call_rec *c, sa_future_t f, int status, void *value) 
     fail(action, "SA-FUT-7 no continuation after a release", NULL,
          "the continuation of call %d ran after its future was released while pending",
          c->index);
+  check_order(c, action);
   observe_result(c, action, now, status, value, "the continuation");
   model_unlock();
 }

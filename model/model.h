@@ -52,6 +52,7 @@ struct op_spec {
   bool fail;   /* completes with an error status */
   uint8_t keep; /* 1: keeps a handle open on its loop across calls; 2: closes it */
   bool fork;   /* forks inside its start function; the child runs on */
+  bool busy;   /* works 2 ms inside its start function: calls queue behind it */
 };
 
 enum act {
@@ -179,10 +180,12 @@ struct op_rec {
   bool handle_open;           /* the op's handle is started: the hook can stop it */
   atomic_bool handle_used, handle_closed;
   atomic_int starts, hooks;
+  uint64_t start_ns;          /* uv_hrtime() when it started */
   /* The completion, published by done_tick (0 until then). */
   int done_status;
   void *done_value;
   bool done_in_start;
+  bool done_by_hook;
   uint64_t done_ns;
   atomic_uint_least64_t done_tick;
 };
@@ -211,6 +214,8 @@ struct call_rec {
   bool async;      /* the entry point returned SA_PENDING */
   bool app_loop;   /* on an actor's application loop (else a private loop) */
   int session;     /* app_loop: the owner's session it was made in */
+  long slice;      /* app_loop: the loop iteration it was made in */
+  long then_slice; /* ...and the one its continuation was attached in */
   uv_loop_t *loop; /* the loop of the async context it was made in, if known */
   int home;        /* ACT_HOME_CALL: the home slot, else -1 */
   int home_gen;    /* ...and that home's start */
@@ -283,6 +288,9 @@ struct actor_rt {
   struct kept kept[MAX_KEPT];
   int sync_kept;      /* the kept handle on the loop of its sync calls, or -1 */
   int session;        /* sessions begun so far */
+  long slice;         /* turns taken on its loop: one per loop iteration */
+  long order_slice;   /* SA-ASYNC-6: the slice of the inline completions */
+  tick_t order_made;  /* delivered last, and when the latest of them was made */
   atomic_int running_action; /* -1 between actions: for the watchdog */
 };
 

@@ -43,20 +43,21 @@ static void op_closed(uv_handle_t *handle) {
   atomic_store(&op->handle_closed, true);
 }
 
-static void op_complete(struct op_rec *op, int status, bool in_start) {
+static void op_complete(struct op_rec *op, int status, bool in_start, bool by_hook) {
   op->done_status = status;
   op->done_value = op;
   op->done_in_start = in_start;
+  op->done_by_hook = by_hook;
   op->done_ns = uv_hrtime();
   atomic_store(&op->done_tick, tick()); /* publishes the fields above */
   model_op_completed(op, sa_complete(op->sa_call, status, op));
 }
 
 /* The handle fired, or the hook stopped it: close it and complete. */
-static void op_finish(struct op_rec *op, int status) {
+static void op_finish(struct op_rec *op, int status, bool by_hook) {
   op->handle_open = false;
   uv_close(&op->u.handle, op_closed);
-  op_complete(op, status, false);
+  op_complete(op, status, false, by_hook);
 }
 
 /* A callback of a loop that a forced sync call blocks [SA-MODE-2]. */
@@ -71,13 +72,13 @@ static void on_next_tick(uv_idle_t *idle) {
   struct op_rec *op = idle->data;
   check_not_blocked(op);
   uv_idle_stop(idle);
-  op_finish(op, op_status(op));
+  op_finish(op, op_status(op), false);
 }
 
 static void on_later(uv_timer_t *timer) {
   struct op_rec *op = timer->data;
   check_not_blocked(op);
-  op_finish(op, op_status(op));
+  op_finish(op, op_status(op), false);
 }
 
 static void kept_fired(uv_timer_t *timer) { (void)timer; }
@@ -200,8 +201,13 @@ static void op_start(sa_call_t *call, uv_loop_t *loop, void *arg) {
   struct op_rec *op = arg;
   op->sa_call = call;
   op->loop = loop;
+  op->start_ns = uv_hrtime();
   atomic_fetch_add(&op->starts, 1);
   model_op_started(op);
+  if (op->spec.busy) {
+    struct timespec work = {0, 2000000};
+    nanosleep(&work, NULL);
+  }
   if (op->spec.keep)
     op_keep(op);
   if (op->spec.fork)
@@ -209,7 +215,7 @@ static void op_start(sa_call_t *call, uv_loop_t *loop, void *arg) {
   op->u.handle.data = op;
   switch (op->spec.when) {
   case WHEN_INLINE:
-    op_complete(op, op_status(op), true);
+    op_complete(op, op_status(op), true, false);
     return;
   case WHEN_NEXT_TICK:
     uv_idle_init(loop, &op->u.idle);
@@ -235,7 +241,7 @@ static void op_cancel(sa_call_t *call, uv_loop_t *loop, void *arg) {
       uv_idle_stop(&op->u.idle);
     else
       uv_timer_stop(&op->u.timer);
-    op_finish(op, SA_ECANCELED);
+    op_finish(op, SA_ECANCELED, true);
   }
 }
 

@@ -60,9 +60,9 @@ static const char *const helper =
     "/* The op: completes inline (when 0), on the next loop iteration (1) or\n"
     " * after ms milliseconds (2) with its status and itself as the value; its\n"
     " * cancel hook stops it with SA_ECANCELED. keep 1 leaves a timer open on\n"
-    " * its loop across calls, keep 2 closes it. */\n"
+    " * its loop across calls, keep 2 closes it; busy works 2 ms in start. */\n"
     "struct op {\n"
-    "  int when, ms, status, keep, actor, idle_loop;\n"
+    "  int when, ms, status, keep, actor, idle_loop, busy;\n"
     "  void (*fork_child)(void);\n"
     "  sa_call_t *call;\n"
     "  union { uv_handle_t h; uv_idle_t idle; uv_timer_t timer; } u;\n"
@@ -101,6 +101,8 @@ static const char *const helper =
     "  EXPECT(-1, sa_current_loop() == loop); /* SA-SYNC-5 */\n"
     "  if (o->idle_loop) /* SA-OP-5: a loop not running has a current time */\n"
     "    EXPECT(-1, uv_now(loop) + 2 >= uv_hrtime() / 1000000);\n"
+    "  if (o->busy) /* work in start: calls queue behind it */\n"
+    "    usleep(2000);\n"
     "  if (o->keep)\n"
     "    keep(o, loop);\n"
     "  if (o->fork_child)\n"
@@ -395,6 +397,8 @@ static void print_op_init(const struct program *p, int i, int item) {
     put(", .status = %d", status);
   if (op->keep)
     put(", .keep = %d", op->keep);
+  if (op->busy)
+    put(", .busy = 1");
   put(", .actor = %d", acting(p, i));
   if (idle_loop_call(p, i))
     put(", .idle_loop = 1");
