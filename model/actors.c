@@ -348,16 +348,19 @@ static void run_step(struct actor_rt *a, int i, bool in_step) {
 
 /* ---- fork children ---------------------------------------------------------- */
 
+/* SIGALRM in a fork child: async-signal-safe stores and write(2) only. */
 static void child_hang(int sig) {
-  (void)sig;
   static const char msg[] = "model: a fork child hung (SA-THR-3: it must not hang on "
                             "what it inherited)\n";
+  static const char check[] = "SA-THR-3 a fork child does not hang";
+  static const char detail[] = "the fork child made no progress";
   struct verdict *v = run.verdict;
   int pass = V_PASS;
+  (void)sig;
   if (atomic_compare_exchange_strong(&v->failed, &pass, V_HANG)) {
     v->action = run.child_of;
-    memcpy(v->check, "SA-THR-3 a fork child does not hang", 36);
-    memcpy(v->detail, "the fork child made no progress", 32);
+    memcpy(v->check, check, sizeof check);
+    memcpy(v->detail, detail, sizeof detail);
   }
   if (!run.quiet && write(STDERR_FILENO, msg, sizeof msg - 1) < 0)
     _exit(3);
@@ -387,7 +390,7 @@ void fork_child_run(int action) {
   struct actor_rt *a = &run.actors[actor];
   a->sync_kept = -1;
   if (sa_current_loop() != NULL)
-    fail(action, "SA-THR-3 the fork child is in sync context", "sa_current_loop() == NULL",
+    fail(action, "SA-THR-3 the fork child is in sync context", NULL,
          "sa_current_loop() is %p in the fork child", (void *)sa_current_loop());
   const struct program *p = run.prog;
   for (int j = action + 1; j < p->nactions && p->acts[j].actor == ACTOR_CHILD; j++)
