@@ -302,7 +302,8 @@ static bool deadline_passed_first(const struct call_rec *c) {
   if (c->deadline == SA_NO_DEADLINE || c->app_loop || op->spec.when != WHEN_LATER ||
       !op_done(op) || op->done_by_hook)
     return false;
-  return op->start_ns + op->spec.ms * 1000000u >= c->deadline + DEADLINE_GRACE_NS;
+  uint64_t late = c->deadline + DEADLINE_GRACE_NS;
+  return op->start_ns + op->spec.ms * 1000000u >= late && op->done_ns >= late;
 }
 
 /* Why (status, value) cannot be the result of call c, or NULL if it can. */
@@ -883,7 +884,10 @@ void model_op_hooked(struct op_rec *op) {
     fail(action, "SA-CAN-1 the hook runs on the call's loop thread", NULL,
          "the cancel hook of call %d ran on actor %d's thread, not on actor %d's", c->index,
          t_actor - 1, c->owner);
-  if (hook_asked(c, op))
+  if (run.in_child && !c->in_child)
+    fail(action, "SA-THR-3 a fork child touches nothing of its parent's", NULL,
+         "the cancel hook of call %d, made by the parent, ran in the fork child", c->index);
+  else if (hook_asked(c, op))
     ;
   else if (atomic_load(&c->releases) > 0)
     fail(action, "SA-FUT-7 a release does not stop the call", NULL,
