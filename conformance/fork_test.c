@@ -369,12 +369,36 @@ static void check_fork_inside_callbacks(void) {
       "parent_application_loop_closes_after_child", NULL);
 }
 
+/* The very first thing the process does with the dispatcher: run a loop
+ * with sa_run and fork in its callback, before any call. The child must be
+ * in sync context already: whatever handles the fork cannot wait for a
+ * first call to be set up. */
+static void fork_in_first_callback(uv_timer_t *timer) {
+  static const char *const names[] = {"child_forked_before_any_call_is_in_sync_context",
+                                      "child_forked_before_any_call_runs_auto_calls_sync",
+                                      "child_forked_before_any_call_refuses_the_loop"};
+  struct fork_site site = {timer->loop, names};
+  in_child(context_checks, &site, names, 3);
+  uv_close((uv_handle_t *)timer, NULL);
+}
+
+static void check_fork_before_any_call(void) {
+  uv_loop_t loop;
+  uv_timer_t timer;
+  uv_loop_init(&loop);
+  uv_timer_init(&loop, &timer);
+  uv_timer_start(&timer, fork_in_first_callback, 0, 0);
+  tap(sa_run(&loop, UV_RUN_DEFAULT) == 0 && sa_loop_close(&loop) == 0,
+      "parent_first_loop_closes_after_child", NULL);
+}
+
 int main(void) {
   void *parent_loop = NULL;
   uv_timer_t timer;
   struct work w = {0};
   alarm(40); /* a hang is a failure, not a stuck CI */
   printf("TAP version 13\n");
+  check_fork_before_any_call();
   if (sync_call(&keep_op, NULL, &parent_loop) != 0 || sync_call(&work_op, &w, NULL) != 0) {
     printf("Bail out! the parent's set-up failed\n");
     return 1;

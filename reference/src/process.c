@@ -72,6 +72,11 @@ static void init_once(void) {
   SA_HAPPENS_BEFORE(&sa_once); /* glibc's pthread_once uses bare atomics */
 }
 
+/* The fork handlers must be in place before any fork that could inherit
+ * something of the dispatcher's (a loop run with sa_run is enough): set up
+ * when the library is loaded, not on first use. */
+__attribute__((constructor)) static void process_load(void) { pthread_once(&sa_once, init_once); }
+
 /* sa__set_exit_hook(), the first time on a thread. */
 void sa__set_exit_hook_slow(struct sa_thread *t) {
   pthread_once(&sa_once, init_once);
