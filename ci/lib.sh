@@ -30,6 +30,10 @@ SA_MUTATION_PACKAGES="python3-clang-14"
 
 jobs() { nproc 2>/dev/null || echo 2; }
 
+# tool_options TOOL: the options of a checking tool (tsan, valgrind,
+# memcheck) kept in stress/detectors.options, one per line.
+tool_options() { sed -n "s/^$1 //p" stress/detectors.options; }
+
 # The implementation under test, as --impl and --include name it: a CMake
 # target or a library path (the reference by default), and the directory of
 # its smartasync.h.

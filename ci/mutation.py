@@ -32,8 +32,17 @@ SOURCES = "reference/src"
 EQUIVALENT = "ci/mutation-equivalent.txt"
 DEFINES = ["-D_POSIX_C_SOURCE=200809L"]  # as sa_add_patched_reference() builds it
 SCENARIOS = ("shared", "mixed", "churn", "futures", "cancel", "home", "fork")
-# As stress/CMakeLists.txt runs them.
-TSAN_ENV = {"TSAN_OPTIONS": f"halt_on_error=1:history_size=7:suppressions={REPO}/stress/tsan.supp"}
+
+
+def tool_options(tool):
+    """The options of a checking tool, as stress/detectors.options keeps them."""
+    with open(os.path.join(REPO, "stress", "detectors.options")) as f:
+        return [line.split(" ", 1)[1].strip() for line in f if line.startswith(tool + " ")]
+
+
+# As the CTest runs (root CMakeLists.txt) give them.
+TSAN_ENV = {"TSAN_OPTIONS": ":".join(["halt_on_error=1"] + tool_options("tsan") +
+                                     [f"suppressions={REPO}/stress/tsan.supp"])}
 # A killer step may take this many times its run on the reference, at least MIN_LIMIT s.
 LIMIT_FACTOR, MIN_LIMIT = 4, 30
 

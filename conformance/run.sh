@@ -48,9 +48,10 @@ if [ "$valgrind" = 1 ]; then
   # Each Criterion test runs in a child process: trace children. Leaks of
   # the definite and indirect kinds are errors; "still reachable" is not
   # (the record pool is kept for the life of the process by design).
-  runner="valgrind --quiet --trace-children=yes --leak-check=full \
---errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect \
---error-exitcode=99 --log-file=$out/valgrind.%p.log"
+  memcheck=$(sed -n 's/^memcheck //p' "$(dirname "$0")/../stress/detectors.options")
+  # shellcheck disable=SC2086 # one option per line, none with spaces
+  runner="valgrind --quiet --trace-children=yes $(echo $memcheck) --error-exitcode=99 \
+--log-file=$out/valgrind.%p.log"
   SA_TEST_TIMEOUT=300
   run_limit=3600
 fi
