@@ -64,7 +64,6 @@ int sa__run_async(struct sa_thread *t, struct sa_ctx *ctx, const sa_op_t *op,
   if (SA_UNLIKELY(!r))
     return SA_ENOMEM;
   atomic_store_explicit(&r->call.owner, t, memory_order_relaxed);
-  r->call.loop = ctx->loop;
   r->call.flags = CALL_ASYNC;
   atomic_store_explicit(&r->call.ctx, ctx, memory_order_relaxed);
   r->call.op = op;
@@ -73,7 +72,7 @@ int sa__run_async(struct sa_thread *t, struct sa_ctx *ctx, const sa_op_t *op,
                         memory_order_relaxed);
   r->cont = NULL;
   sa__pending_link(ctx, r);
-  *future = sa__handle_of(r, atomic_load_explicit(&r->word, memory_order_relaxed));
+  *future = sa__handle_of(atomic_load_explicit(&r->word, memory_order_relaxed));
   op->start(&r->call, ctx->loop, arg);
   r->call.flags |= CALL_NOTIFY;
   if (r->call.flags & CALL_COMPLETED) {
@@ -108,11 +107,9 @@ static inline int run_then(struct sa_thread *t, struct sa_ctx *ctx, const sa_op_
   struct sa_future_rec *r = t->free_head;
   if (SA_UNLIKELY(!r || ctx->closing))
     return run_then_slow(t, ctx, op, arg, cb, data);
-  t->free_head = r->next_free;
+  t->free_head = r->next;
   t->free_count--;
   SA_HAPPENS_AFTER(&r->word); /* as sa__rec_take() */
-  /* No loop: only a cancel hook needs it, and the loop's wind-down, which
-   * alone can cancel a call without a handle, gives it. */
   atomic_store_explicit(&r->call.owner, t, memory_order_relaxed);
   r->call.flags = CALL_ASYNC | CALL_THEN;
   atomic_store_explicit(&r->call.ctx, ctx, memory_order_relaxed);
@@ -282,7 +279,7 @@ int sa__dispatch_record(const sa_op_t *op, void *arg, sa_mode_t mode, uint64_t d
 /* A completion after op->start returned: wake the sync wait, or deliver. */
 static void notify(struct sa_thread *t, sa_call_t *call) {
   if (!(call->flags & CALL_ASYNC)) {
-    uv_stop(call->loop); /* the sync wait checks at once */
+    uv_stop(sa__call_ctx(call)->loop); /* the sync wait checks at once */
     return;
   }
   struct sa_future_rec *r = (struct sa_future_rec *)call;

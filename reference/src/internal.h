@@ -72,15 +72,26 @@
 #define CACHE_REFILL 256u /* records a thread takes from the pool at once */
 #define CACHE_HIGH 4096u  /* a thread's cache spills half above this */
 
-/* Flags in the low bits of a record's word; the generation is the high half. */
+/* A record's word: generation << 32 | (index + 1) << 8 | W_* flags. A
+ * handle is the word with its flags cleared: the record's index, which
+ * never changes, and the generation it had when the future was made, which
+ * each return to the pool advances. No handle is zero, nor matches a zero
+ * word: the index is stored plus one. */
 #define W_DONE 1u     /* result delivered: visible to the future's holder */
 #define W_RELEASED 2u /* the holder gave the future back */
 #define W_QUEUED 4u   /* a late continuation is queued on the loop */
 #define W_FREE 8u     /* in the pool: no handle refers to it */
 #define W_HELD 16u    /* timed out: the result is out, but the op still holds
                          the call until it completes it */
-#define W_GEN(w) ((uint32_t)((w) >> 32))
-#define W_NEXT_GEN_FREE(w) ((((uint64_t)W_GEN(w) + 1) << 32) | W_FREE)
+#define W_SLEPT 32u   /* a thread may sleep on it [future.c: the parking lot] */
+#define W_FLAGS 0xffu
+#define W_INDEX_SHIFT 8
+#define W_GEN_ONE ((uint64_t)1 << 32)
+#define W_HANDLE(w) ((w) & ~(uint64_t)W_FLAGS)
+#define W_INDEX(w) ((uint32_t)(w) >> W_INDEX_SHIFT) /* the index plus one */
+#define W_NEXT_GEN_FREE(w) ((W_HANDLE(w) + W_GEN_ONE) | W_FREE)
+_Static_assert((uint64_t)MAX_CHUNKS * CHUNK_SIZE < (1u << (32 - W_INDEX_SHIFT)),
+               "a record's index plus one fits between the flags and the generation");
 
 struct sa_thread;
 struct sa_future_rec;
@@ -101,15 +112,15 @@ struct sa_deadline;
 #define CALL_WINDING 64u  /* its loop is going away and waits for it to
                              complete: counted in ctx->winding */
 
-/* A sync call's record is its private loop's (owner and loop set once,
+/* A sync call's record is its private loop's (owner and ctx set once,
  * flags per call); a call of sa_dispatch_then sets owner, flags and ctx;
- * an async call with a future sets everything. */
+ * an async call with a future sets everything. The call's loop is its
+ * context's. */
 /* `owner`, `ctx`, `status` and `value` are atomic (relaxed: plain moves)
  * because other threads read them through future handles that may have
  * gone stale, the record reused meanwhile [future.c: result_of()]. */
 struct sa_call {
   _Atomic(struct sa_thread *) owner;
-  uv_loop_t *loop;
   unsigned flags;
   _Atomic int status;
   _Atomic(void *) value;
@@ -118,20 +129,20 @@ struct sa_call {
   void *arg;
 };
 
+/* 112 bytes: what the dispatcher keeps per pending call. A thread waiting
+ * for another thread's call sleeps in the parking lot [future.c], not on
+ * the record. */
 struct sa_future_rec {
   struct sa_call call;
+  _Atomic uint64_t word; /* generation, index and W_* flags */
   _Atomic uint64_t ctx_id; /* call.ctx->id when dispatched */
-  struct sa_deadline *deadline; /* armed deadline timer, else NULL */
-  _Atomic uint64_t word; /* generation << 32 | W_* flags */
-  uint32_t index;
-  struct sa_future_rec *next_free; /* in the pool, a thread's cache or a then-queue */
+  /* In one list at a time: the pool, a cache, a queue of the drain, or
+   * the wind-down's held records. */
+  struct sa_future_rec *next;
   sa_continuation_cb cont;
   void *cont_data;
-  struct sa_future_rec *next_deferred;
   struct sa_future_rec *prev_pending, *next_pending;
-  atomic_int sleepers; /* threads blocked in sa_future_wait */
-  pthread_mutex_t mutex;
-  pthread_cond_t cond;
+  struct sa_deadline *deadline; /* armed deadline timer, else NULL */
 };
 
 /* The dispatcher's state for one loop. Touched only by the thread running
@@ -155,7 +166,7 @@ struct sa_ctx {
   bool drain_ready;      /* `drain` initialised */
   bool drain_started;    /* `drain` active: a queue below is not empty */
   uv_idle_t drain;       /* delivers the queues: the then-queue first */
-  /* Completed calls of sa_dispatch_then, linked through next_free so that,
+  /* Completed calls of sa_dispatch_then, linked through `next` so that,
    * delivered, they join the cache in one splice. Everything on it was
    * queued before everything on the deferred queue: then_tail is NULL
    * while that queue is not empty, and later then-calls queue there. */
@@ -176,7 +187,7 @@ struct sa_ctx {
 
 /* A private loop: the loop and its context in one allocation. It runs one
  * sync call at a time (it is never re-entered), whose record is `call`:
- * its owner and loop are set once, when the thread takes the loop. */
+ * its owner and ctx are set once, when the thread takes the loop. */
 struct sa_private {
   struct sa_call call; /* first: the hot path passes p as &p->call */
   struct sa_ctx ctx;
@@ -277,7 +288,6 @@ void sa__wind_completed(sa_call_t *call);
 void sa__thread_exit(void *arg);
 
 /* delivery.c */
-SA_COLD void sa__wake_sleepers_now(struct sa_future_rec *r);
 uint64_t sa__let_go(struct sa_future_rec *r, uint64_t bits);
 void sa__deliver(struct sa_future_rec *r);
 void sa__deliver_held(struct sa_future_rec *r);
@@ -292,6 +302,8 @@ int sa__dispatch_record(const sa_op_t *op, void *arg, sa_mode_t mode, uint64_t d
                         void **value, sa_future_t *future);
 
 /* future.c */
+SA_COLD void sa__unpark(uint64_t word);
+void sa__park_init(void);
 int sa__cancel_here(struct sa_future_rec *r);
 int sa__wait_for(struct sa_thread *t, sa_future_t future, uint64_t deadline, void **value);
 
@@ -323,14 +335,14 @@ void sa__home_begin_stop(struct sa_ctx *ctx);
 
 /* ---- the hot paths' small functions ------------------------------------- */
 
-static inline sa_future_t sa__handle_of(struct sa_future_rec *r, uint64_t word) {
-  return (sa_future_t){((uint64_t)W_GEN(word) << 32) | ((uint64_t)r->index + 1)};
+static inline sa_future_t sa__handle_of(uint64_t word) {
+  return (sa_future_t){W_HANDLE(word)};
 }
 
 /* The live record a handle names, or NULL; *word gets its word. */
 static inline struct sa_future_rec *sa__lookup(sa_future_t f, uint64_t *word) {
-  uint32_t index = (uint32_t)f.id - 1;
-  if ((uint32_t)f.id == 0 || (index >> CHUNK_BITS) >= MAX_CHUNKS)
+  uint32_t index = W_INDEX(f.id) - 1;
+  if ((index >> CHUNK_BITS) >= MAX_CHUNKS) /* also a null handle: no index */
     return NULL;
   struct sa_future_rec *chunk =
       atomic_load_explicit(&sa__chunks[index >> CHUNK_BITS], memory_order_acquire);
@@ -338,7 +350,7 @@ static inline struct sa_future_rec *sa__lookup(sa_future_t f, uint64_t *word) {
     return NULL;
   struct sa_future_rec *r = &chunk[index & (CHUNK_SIZE - 1)];
   uint64_t w = atomic_load_explicit(&r->word, memory_order_acquire);
-  if (W_GEN(w) != (uint32_t)(f.id >> 32) || (w & W_FREE))
+  if (W_HANDLE(w) != f.id || (w & W_FREE))
     return NULL;
   *word = w;
   return r;
@@ -361,7 +373,7 @@ static inline struct sa_future_rec *sa__lookup_live(sa_future_t f, uint64_t *wor
 
 /* Put `r` in t's cache; sa__cache_trim() keeps the cache bounded. */
 static inline void sa__cache_push(struct sa_thread *t, struct sa_future_rec *r) {
-  r->next_free = t->free_head;
+  r->next = t->free_head;
   t->free_head = r;
   t->free_count++;
 }
@@ -374,7 +386,7 @@ static inline struct sa_future_rec *sa__rec_take(struct sa_thread *t) {
   if (SA_UNLIKELY(t->free_count == 0) && sa__cache_refill(t) != 0)
     return NULL;
   struct sa_future_rec *r = t->free_head;
-  t->free_head = r->next_free;
+  t->free_head = r->next;
   t->free_count--;
   SA_HAPPENS_AFTER(&r->word);
   return r;
@@ -466,9 +478,11 @@ static inline void sa__pending_unlink(struct sa_ctx *ctx, struct sa_future_rec *
   ctx->npending--;
 }
 
-static inline void sa__wake_sleepers(struct sa_future_rec *r) {
-  if (SA_UNLIKELY(atomic_load(&r->sleepers)))
-    sa__wake_sleepers_now(r);
+/* Wake the threads sleeping on a record whose word was `w` before the
+ * change they wait for [future.c: the parking lot]. */
+static inline void sa__wake_sleepers(uint64_t w) {
+  if (SA_UNLIKELY(w & W_SLEPT))
+    sa__unpark(w);
 }
 
 /* Mark the result delivered, adding `set` (W_DONE, and W_HELD while the op
@@ -483,7 +497,7 @@ static inline uint64_t sa__mark_done(struct sa_future_rec *r, uint64_t set, bool
   } while (!atomic_compare_exchange_weak_explicit(
       &r->word, &w, next, memory_order_acq_rel, memory_order_relaxed));
   SA_HAPPENS_AFTER(&r->word);
-  sa__wake_sleepers(r);
+  sa__wake_sleepers(w);
   return w;
 }
 
@@ -506,7 +520,7 @@ static inline bool sa__scope_for_callbacks(struct sa_thread *t, struct sa_ctx *c
 /* End the then-queue: what is queued next goes on the deferred queue. */
 static inline void sa__then_close(struct sa_ctx *ctx) {
   if (ctx->then_tail) {
-    ctx->then_tail->next_free = NULL;
+    ctx->then_tail->next = NULL;
     ctx->then_tail = NULL;
   }
 }
@@ -514,10 +528,10 @@ static inline void sa__then_close(struct sa_ctx *ctx) {
 /* Queue `r` for delivery from the loop, after the current call returns.
  * A queue that is not empty has its drain started. */
 static inline int sa__defer(struct sa_ctx *ctx, struct sa_future_rec *r) {
-  r->next_deferred = NULL;
+  r->next = NULL;
   if (SA_UNLIKELY(!ctx->deferred_tail))
     return sa__defer_first(ctx, r);
-  ctx->deferred_tail->next_deferred = r;
+  ctx->deferred_tail->next = r;
   ctx->deferred_tail = r;
   return 0;
 }
@@ -528,7 +542,7 @@ static inline int sa__defer_then(struct sa_ctx *ctx, struct sa_future_rec *r) {
   struct sa_future_rec *tail = ctx->then_tail;
   if (SA_UNLIKELY(!tail))
     return sa__defer_then_first(ctx, r);
-  tail->next_free = r;
+  tail->next = r;
   ctx->then_tail = r;
   return 0;
 }

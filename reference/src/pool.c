@@ -23,17 +23,13 @@ static int pool_grow(void) {
   uint32_t base = sa_nchunks << CHUNK_BITS;
   for (uint32_t i = 0; i < CHUNK_SIZE; i++) {
     struct sa_future_rec *r = &chunk[i];
-    r->index = base + i;
-    r->next_free = i + 1 < CHUNK_SIZE ? &chunk[i + 1] : sa_pool_free;
-    atomic_init(&r->word, ((uint64_t)1 << 32) | W_FREE);
+    r->next = i + 1 < CHUNK_SIZE ? &chunk[i + 1] : sa_pool_free;
+    atomic_init(&r->word, W_GEN_ONE | (uint64_t)(base + i + 1) << W_INDEX_SHIFT | W_FREE);
     SA_ATOMIC_VARIABLE(&r->word, sizeof r->word);
-    SA_ATOMIC_VARIABLE(&r->sleepers, sizeof r->sleepers);
     /* Read by other threads through handles that may be stale [sa__request()]. */
     SA_ATOMIC_VARIABLE(&r->call.owner, sizeof r->call.owner);
     SA_ATOMIC_VARIABLE(&r->call.ctx, sizeof r->call.ctx);
     SA_ATOMIC_VARIABLE(&r->ctx_id, sizeof r->ctx_id);
-    pthread_mutex_init(&r->mutex, NULL);
-    pthread_cond_init(&r->cond, &sa__monotonic_cond);
   }
   atomic_store_explicit(&sa__chunks[sa_nchunks], chunk, memory_order_release);
   sa_nchunks++;
@@ -49,7 +45,7 @@ SA_COLD int sa__cache_refill(struct sa_thread *t) {
     err = pool_grow();
   for (unsigned n = 0; n < CACHE_REFILL && sa_pool_free; n++) {
     struct sa_future_rec *r = sa_pool_free;
-    sa_pool_free = r->next_free;
+    sa_pool_free = r->next;
     sa__cache_push(t, r);
   }
   pthread_mutex_unlock(&sa__pool_mutex);
@@ -60,9 +56,9 @@ SA_COLD void sa__cache_spill(struct sa_thread *t, unsigned keep) {
   pthread_mutex_lock(&sa__pool_mutex);
   while (t->free_count > keep) {
     struct sa_future_rec *r = t->free_head;
-    t->free_head = r->next_free;
+    t->free_head = r->next;
     t->free_count--;
-    r->next_free = sa_pool_free;
+    r->next = sa_pool_free;
     sa_pool_free = r;
   }
   pthread_mutex_unlock(&sa__pool_mutex);

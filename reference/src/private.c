@@ -77,7 +77,7 @@ static void wind_cancel_all(struct sa_ctx *ctx) {
  * SA_ETIMEDOUT; one whose result went out at its deadline is not delivered
  * again). The op may still hold the call (it has no hook): each record
  * stays held, out of the pool, until the loop is closed. Returns them,
- * linked through next_deferred. */
+ * linked through `next`. */
 static struct sa_future_rec *wind_settle(struct sa_ctx *ctx) {
   struct sa_future_rec *held = NULL;
   while (ctx->pending) {
@@ -88,7 +88,7 @@ static struct sa_future_rec *wind_settle(struct sa_ctx *ctx) {
     if (!(r->call.flags & (CALL_COMPLETED | CALL_TIMED_OUT)))
       sa__call_settle(&r->call, SA_ECANCELED, NULL);
     r->call.flags |= CALL_COMPLETED;
-    r->next_deferred = held;
+    r->next = held;
     held = r;
     if (r->call.flags & CALL_THEN) {
       r->cont(SA_FUTURE_NULL, sa__call_status(&r->call), sa__call_value(&r->call),
@@ -100,7 +100,7 @@ static struct sa_future_rec *wind_settle(struct sa_ctx *ctx) {
     r->call.flags |= CALL_HELD;
     uint64_t w = sa__mark_done(r, W_DONE | W_HELD, true);
     if (!(w & W_RELEASED) && r->cont)
-      r->cont(sa__handle_of(r, w), sa__call_status(&r->call), sa__call_value(&r->call),
+      r->cont(sa__handle_of(w), sa__call_status(&r->call), sa__call_value(&r->call),
               r->cont_data);
   }
   return held;
@@ -134,7 +134,7 @@ void sa__wind_down(struct sa_ctx *ctx) {
     uv_run(ctx->loop, UV_RUN_DEFAULT);
   while (held) { /* no op can reach them now */
     struct sa_future_rec *r = held;
-    held = r->next_deferred;
+    held = r->next;
     if (r->call.flags & CALL_THEN)
       sa__rec_recycle(r);
     else
@@ -203,7 +203,7 @@ static int pick_private(struct sa_thread *t, struct sa_private **out) {
         return err;
       }
       atomic_store_explicit(&p->call.owner, t, memory_order_relaxed);
-      p->call.loop = &p->loop;
+      atomic_store_explicit(&p->call.ctx, &p->ctx, memory_order_relaxed);
       t->priv[k] = p;
     }
     if (!sa__in_scope(t, &p->ctx)) {

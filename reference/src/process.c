@@ -66,6 +66,7 @@ bool sa__loop_abandoned(const uv_loop_t *loop) {
 static void init_once(void) {
   pthread_condattr_init(&sa__monotonic_cond);
   pthread_condattr_setclock(&sa__monotonic_cond, CLOCK_MONOTONIC);
+  sa__park_init();
   if (pthread_key_create(&sa_exit_key, sa__thread_exit) != 0)
     abort(); /* only at start-up, with no keys left: nothing can work */
   pthread_atfork(atfork_prepare, atfork_release, atfork_child);
