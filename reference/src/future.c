@@ -36,29 +36,20 @@ int sa_future_status(sa_future_t future, void **value) {
   return result_of(r, future, value);
 }
 
-int sa_future_then(sa_future_t future, sa_continuation_cb cb, void *data) {
-  uint64_t w;
-  if (future.id == 0 || !cb)
-    return SA_EINVAL;
-  struct sa_future_rec *r = sa__lookup_live(future, &w);
-  if (!r)
-    return SA_ESTALE;
-  if (sa__call_owner(&r->call) != &sa__self)
-    return SA_EPERM;
-  if (r->cont)
-    return SA_EALREADY;
+/* sa_future_then on a future already delivered: queue the continuation
+ * on the loop, unless the loop is gone or going: nowhere to run it. The
+ * holder may release from another thread meanwhile, hence the
+ * compare-exchange; before it, the record may even have been freed by that
+ * release and given back [pool.c]. */
+SA_COLD static int then_delivered(struct sa_future_rec *r, sa_future_t future, uint64_t w,
+                                  sa_continuation_cb cb, void *data) {
   struct sa_ctx *ctx = sa__call_ctx(&r->call);
+  if (!ctx)
+    return SA_ESTALE;
   if (atomic_load_explicit(&ctx->id, memory_order_relaxed) !=
           atomic_load_explicit(&r->ctx_id, memory_order_relaxed) ||
-      ((w & W_DONE) && ctx->closing))
-    return SA_ECANCELED; /* its loop is gone, or going: nowhere to run it */
-  if (!(w & W_DONE)) {
-    r->cont = cb;
-    r->cont_data = data;
-    return 0;
-  }
-  /* Already delivered: queue the continuation on the loop. The holder may
-   * release from another thread meanwhile, hence the compare-exchange. */
+      ctx->closing)
+    return SA_ECANCELED;
   SA_HAPPENS_BEFORE(&r->word);
   do {
     if (W_HANDLE(w) != future.id || (w & W_RELEASED))
@@ -70,9 +61,29 @@ int sa_future_then(sa_future_t future, sa_continuation_cb cb, void *data) {
   int err = sa__defer(ctx, r);
   if (err) {
     r->cont = NULL;
-    atomic_fetch_and(&r->word, ~(uint64_t)W_QUEUED);
+    sa__let_go(r, W_QUEUED); /* freed here if released meanwhile */
   }
   return err;
+}
+
+int sa_future_then(sa_future_t future, sa_continuation_cb cb, void *data) {
+  uint64_t w;
+  if (future.id == 0 || !cb)
+    return SA_EINVAL;
+  struct sa_future_rec *r = sa__lookup_live(future, &w);
+  if (!r)
+    return SA_ESTALE;
+  if (sa__call_owner(&r->call) != &sa__self)
+    return SA_EPERM;
+  if (r->cont)
+    return SA_EALREADY;
+  if (w & W_DONE)
+    return then_delivered(r, future, w, cb, data);
+  /* Pending: its loop is there, for a loop going away delivers every call
+   * before it retires its id. */
+  r->cont = cb;
+  r->cont_data = data;
+  return 0;
 }
 
 /* Whether a wait on `r` for `handle` goes on: not delivered, not released
@@ -232,6 +243,8 @@ int sa_future_cancel(sa_future_t future) {
 static void end_waits(struct sa_future_rec *r, uint64_t w) {
   struct sa_ctx *ctx = sa__call_ctx(&r->call);
   sa__wake_sleepers(w);
+  if (!ctx)
+    return; /* delivered and freed meanwhile, and given back [pool.c] */
   if (sa__call_owner(&r->call) != &sa__self)
     sa__wake_loop(ctx, atomic_load_explicit(&r->ctx_id, memory_order_relaxed));
   else if (ctx->waiting)

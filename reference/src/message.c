@@ -121,8 +121,10 @@ struct sa_future_rec *sa__local_call(struct sa_thread *t, struct sa_ctx *ctx,
  * from a thread that does not run that loop. The handle may have gone
  * stale meanwhile: the loop's thread checks it again. */
 int sa__request(struct sa_future_rec *r, sa_future_t future, sa_msg_fn *handle) {
-  return sa__post_request(sa__call_ctx(&r->call),
-                          atomic_load_explicit(&r->ctx_id, memory_order_relaxed), handle,
+  struct sa_ctx *ctx = sa__call_ctx(&r->call);
+  if (!ctx)
+    return 0; /* freed meanwhile, and given back [pool.c]: the call is over */
+  return sa__post_request(ctx, atomic_load_explicit(&r->ctx_id, memory_order_relaxed), handle,
                           future);
 }
 
