@@ -159,13 +159,20 @@ struct sa_ctx {
    * sa__in_scope(), and its sync calls skip the count. */
   atomic_uint running;
   uv_loop_t *loop;
+  /* The dispatcher's own handles on the loop, kept with it when a private
+   * loop passes to another thread [private.c]. */
+  bool drain_ready;      /* `drain` initialised */
+  uv_idle_t drain;       /* delivers the queues: the then-queue first */
+  /* Messages from other threads, woken by `wakeup` (unreferenced unless
+   * results of home-loop calls are awaited: `remote` counts them). */
+  bool wakeup_ready;
+  uv_async_t wakeup;
+  /* From here on, one use's: cleared for each [sa__ctx_renew()]. */
   unsigned waiting;      /* future waits driving it: deliveries stop it */
   bool closing;          /* going away, or abandoned in a fork child: calls on
                             it are refused */
   unsigned winding;      /* calls its wind-down waits for [private.c] */
-  bool drain_ready;      /* `drain` initialised */
   bool drain_started;    /* `drain` active: a queue below is not empty */
-  uv_idle_t drain;       /* delivers the queues: the then-queue first */
   /* Completed calls of sa_dispatch_then, linked through `next` so that,
    * delivered, they join the cache in one splice. Everything on it was
    * queued before everything on the deferred queue: then_tail is NULL
@@ -175,10 +182,6 @@ struct sa_ctx {
   struct sa_future_rec *pending; /* undelivered async calls */
   unsigned npending;
   struct sa_future_rec wind_cursor; /* the wind-down's place in `pending` */
-  /* Messages from other threads, woken by `wakeup` (unreferenced unless
-   * results of home-loop calls are awaited: `remote` counts them). */
-  bool wakeup_ready;
-  uv_async_t wakeup;
   struct sa_msg *inbox_head, *inbox_tail;
   unsigned remote;
   struct sa_home *home; /* the home object this loop serves, if any */
@@ -192,7 +195,7 @@ struct sa_private {
   struct sa_call call; /* first: the hot path passes p as &p->call */
   struct sa_ctx ctx;
   uv_loop_t loop;
-  struct sa_private *next_spare; /* in sa_spare_privates or sa_abandoned */
+  struct sa_private *next_spare; /* in a list of private.c: spare, warm, abandoned */
   uint64_t refreshed_at; /* sa__ticks() when the loop's time was last read */
 };
 
@@ -268,7 +271,6 @@ extern uint64_t sa__own_ctx_ids_from;
 
 /* process.c */
 SA_COLD void sa__set_exit_hook_slow(struct sa_thread *t);
-bool sa__loop_abandoned(const uv_loop_t *loop);
 
 /* pool.c */
 SA_COLD int sa__cache_refill(struct sa_thread *t);
@@ -277,10 +279,14 @@ SA_COLD void sa__cache_spill(struct sa_thread *t, unsigned keep);
 /* context.c */
 void sa__ctx_alloc_init(struct sa_ctx *ctx);
 void sa__ctx_init(struct sa_ctx *ctx, uv_loop_t *loop);
+void sa__ctx_renew(struct sa_ctx *ctx);
 void sa__ctx_to_spares(struct sa_ctx *ctx);
 void sa__ctx_unregister(struct sa_ctx *ctx);
 
 /* private.c */
+void sa__privates_init(void);
+void sa__privates_abandon(struct sa_thread *t);
+bool sa__loop_abandoned(const uv_loop_t *loop);
 int sa__enter_private(struct sa_thread *t, struct sa_private **out);
 void sa__private_time_refresh(struct sa_private *p);
 void sa__wind_down(struct sa_ctx *ctx);

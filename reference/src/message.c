@@ -63,13 +63,18 @@ static struct sa_msg *take_inbox(struct sa_ctx *ctx, bool retire) {
 }
 
 /* The loop is going away: no message gets in from now on, and those that
- * did are refused. */
+ * did are refused. Results of home-loop calls can no longer come: they no
+ * longer keep the loop alive. */
 void sa__ctx_retire(struct sa_ctx *ctx) {
   struct sa_msg *m = take_inbox(ctx, true);
   while (m) {
     struct sa_msg *next = m->next;
     m->drop(m);
     m = next;
+  }
+  if (ctx->remote) {
+    ctx->remote = 0;
+    uv_unref((uv_handle_t *)&ctx->wakeup);
   }
 }
 
