@@ -110,15 +110,27 @@ static struct park_slot {
   pthread_cond_t cond; /* on uv_hrtime()'s clock, as deadlines */
 } sa_park[PARK_SLOTS];
 
-/* process.c, once, before any record exists. */
-void sa__park_init(void) {
+static pthread_once_t sa_park_once = PTHREAD_ONCE_INIT;
+
+static void park_init(void) {
+  pthread_condattr_t monotonic;
+  pthread_condattr_init(&monotonic);
+  pthread_condattr_setclock(&monotonic, CLOCK_MONOTONIC);
   for (unsigned i = 0; i < PARK_SLOTS; i++) {
     pthread_mutex_init(&sa_park[i].mutex, NULL);
-    pthread_cond_init(&sa_park[i].cond, &sa__monotonic_cond);
+    pthread_cond_init(&sa_park[i].cond, &monotonic);
   }
+  pthread_condattr_destroy(&monotonic);
+  SA_HAPPENS_BEFORE(&sa_park_once); /* glibc's pthread_once uses bare atomics */
 }
 
-static struct park_slot *park_slot(uint64_t word) { return &sa_park[W_INDEX(word) % PARK_SLOTS]; }
+/* The slot of the record whose word or handle is `word`; the lot is set up
+ * by the first sleeper, or waker, that needs it. */
+static struct park_slot *park_slot(uint64_t word) {
+  pthread_once(&sa_park_once, park_init);
+  SA_HAPPENS_AFTER(&sa_park_once);
+  return &sa_park[W_INDEX(word) % PARK_SLOTS];
+}
 
 SA_COLD void sa__unpark(uint64_t word) {
   struct park_slot *slot = park_slot(word);

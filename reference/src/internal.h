@@ -260,9 +260,6 @@ extern pthread_mutex_t sa__registry_mutex; /* context.c: registry and spares */
 extern _Atomic uint64_t sa__next_ctx_id;   /* context.c: ids of contexts, from 1 */
 /* pool.c: the records, in chunks that are never freed [type-stable]. */
 extern _Atomic(struct sa_future_rec *) sa__chunks[MAX_CHUNKS];
-/* process.c: condition variables time out on uv_hrtime()'s clock, as
- * deadlines do. */
-extern pthread_condattr_t sa__monotonic_cond;
 /* process.c: in a fork child, the first context id issued in this process;
  * 0 in a process that never forked [sa__inherited()]. */
 extern uint64_t sa__own_ctx_ids_from;
@@ -284,7 +281,6 @@ void sa__ctx_to_spares(struct sa_ctx *ctx);
 void sa__ctx_unregister(struct sa_ctx *ctx);
 
 /* private.c */
-void sa__privates_init(void);
 void sa__privates_abandon(struct sa_thread *t);
 bool sa__loop_abandoned(const uv_loop_t *loop);
 int sa__enter_private(struct sa_thread *t, struct sa_private **out);
@@ -309,7 +305,6 @@ int sa__dispatch_record(const sa_op_t *op, void *arg, sa_mode_t mode, uint64_t d
 
 /* future.c */
 SA_COLD void sa__unpark(uint64_t word);
-void sa__park_init(void);
 int sa__cancel_here(struct sa_future_rec *r);
 int sa__wait_for(struct sa_thread *t, sa_future_t future, uint64_t deadline, void **value);
 

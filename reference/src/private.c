@@ -25,16 +25,15 @@
 static struct sa_private *sa_spare_privates; /* memory of closed loops */
 static struct sa_private *sa_warm_privates;  /* open loops, for later threads */
 static unsigned sa_nwarm;
-static unsigned sa_warm_max; /* set once [sa__privates_init()] */
+static unsigned sa_warm_max; /* 0 until the first is kept */
 /* Private loops inherited by a fork child: never touched, kept reachable. */
 static struct sa_private *sa_abandoned;
 
-/* process.c, once. */
-void sa__privates_init(void) {
+static unsigned warm_max(void) {
   long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-  sa_warm_max = cpus < 1                           ? WARM_PER_CPU
-                : cpus >= WARM_MAX / WARM_PER_CPU ? WARM_MAX
-                                                   : (unsigned)cpus * WARM_PER_CPU;
+  return cpus < 1                           ? WARM_PER_CPU
+         : cpus >= WARM_MAX / WARM_PER_CPU ? WARM_MAX
+                                            : (unsigned)cpus * WARM_PER_CPU;
 }
 
 static void close_any(uv_handle_t *handle, void *unused) {
@@ -205,6 +204,8 @@ static void private_scrub(struct sa_private *p) {
 /* Keep `p`, open, for a later thread, if fewer than sa_warm_max are. */
 static bool private_to_warm(struct sa_private *p) {
   pthread_mutex_lock(&sa__registry_mutex);
+  if (!sa_warm_max)
+    sa_warm_max = warm_max();
   bool room = sa_nwarm < sa_warm_max;
   if (room) {
     p->next_spare = sa_warm_privates;

@@ -1,16 +1,13 @@
 /*
  * process.c - process-wide set-up, once, and fork: the key whose destructor
- * frees a thread's private loops, the clock of timed waits, and the fork
- * handlers that keep a child off its parent's loops.
+ * lets go of a thread's private loops, and the fork handlers that keep a
+ * child off its parent's loops.
  */
 #include "internal.h"
 
 #include <stdlib.h>
-#include <time.h>
 
 _Thread_local struct sa_thread sa__self SA_TLS_MODEL;
-
-pthread_condattr_t sa__monotonic_cond;
 
 static pthread_once_t sa_once = PTHREAD_ONCE_INIT;
 static pthread_key_t sa_exit_key;
@@ -46,10 +43,6 @@ static void atfork_child(void) {
 }
 
 static void init_once(void) {
-  pthread_condattr_init(&sa__monotonic_cond);
-  pthread_condattr_setclock(&sa__monotonic_cond, CLOCK_MONOTONIC);
-  sa__park_init();
-  sa__privates_init();
   if (pthread_key_create(&sa_exit_key, sa__thread_exit) != 0)
     abort(); /* only at start-up, with no keys left: nothing can work */
   pthread_atfork(atfork_prepare, atfork_release, atfork_child);
