@@ -357,7 +357,7 @@ bool sa__loop_abandoned(const uv_loop_t *loop) {
 
 /* Read the loop's clock: calls start with a current time [SA-OP-5]. */
 void sa__private_time_refresh(struct sa_private *p) {
-  p->refreshed_at = sa__ticks();
+  sa__private_time_read(p);
   uv_update_time(&p->loop);
 }
 
