@@ -70,7 +70,7 @@
 #define CHUNK_SIZE (1u << CHUNK_BITS)
 #define MAX_CHUNKS 4096u /* 4 Mi futures alive at once */
 #define CACHE_REFILL 256u /* records a thread takes from the pool at once */
-#define CACHE_HIGH 2048u  /* a thread's cache spills half above this */
+#define CACHE_HIGH 1024u  /* a thread's cache spills half above this */
 
 /* A record's word: generation << 32 | (index + 1) << 8 | W_* flags. A
  * handle is the word with its flags cleared: the record's index, which
