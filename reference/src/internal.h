@@ -144,6 +144,8 @@ struct sa_future_rec {
   struct sa_future_rec *prev_pending, *next_pending;
   struct sa_deadline *deadline; /* armed deadline timer, else NULL */
 };
+/* A batch item adds its 16-byte slot [batch.c]: 128 bytes in all. */
+_Static_assert(sizeof(struct sa_future_rec) <= 112, "the memory a pending call costs");
 
 /* The dispatcher's state for one loop. Touched only by the thread running
  * the loop, except `running` and `id`, which other threads may read.
@@ -261,7 +263,7 @@ extern _Thread_local struct sa_thread sa__self SA_TLS_MODEL;
 extern pthread_mutex_t sa__pool_mutex;     /* pool.c: the pool of records */
 extern pthread_mutex_t sa__registry_mutex; /* context.c: registry and spares */
 extern _Atomic uint64_t sa__next_ctx_id;   /* context.c: ids of contexts, from 1 */
-/* pool.c: the records, in chunks that are never freed [type-stable]. */
+/* pool.c: the records, in chunks whose addresses stay valid [type-stable]. */
 extern _Atomic(struct sa_future_rec *) sa__chunks[MAX_CHUNKS];
 /* process.c: in a fork child, the first context id issued in this process;
  * 0 in a process that never forked [sa__inherited()]. */
