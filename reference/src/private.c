@@ -6,12 +6,14 @@
  * loop the dispatcher owns.
  *
  * A loop costs ten system calls to make and to close. The loops of
- * exited threads are kept open, a few per CPU, wound down and cleared of
- * every handle their ops left, for the first calls of later threads: a
- * thread that makes a sync call and exits then costs about what a warm
- * call does. One thread at a time has a loop [SA-SYNC-4]: it passes on only
- * when its thread is done with it. A fork child abandons those it inherits
- * with the rest [SA-THR-3].
+ * exited threads are kept open, wound down and cleared of every handle
+ * their ops left, for the first calls of later threads: a thread that makes
+ * a sync call and exits then costs about what a warm call does. A few are
+ * kept, WARM_PER_CPU per CPU and WARM_MAX at most (each holds an epoll and
+ * an eventfd descriptor), whatever the number of threads that exited
+ * [SA-THR-2]; the others are closed. One thread at a time has a loop
+ * [SA-SYNC-4]: it passes on only when its thread is done with it. A fork
+ * child abandons those it inherits with the rest [SA-THR-3].
  */
 #include "internal.h"
 
@@ -21,12 +23,13 @@
 #define WARM_PER_CPU 4
 #define WARM_MAX 64
 
-/* All under sa__registry_mutex. */
+/* Under sa__registry_mutex. */
 static struct sa_private *sa_spare_privates; /* memory of closed loops */
 static struct sa_private *sa_warm_privates;  /* open loops, for later threads */
 static unsigned sa_nwarm;
 static unsigned sa_warm_max; /* 0 until the first is kept */
-/* Private loops inherited by a fork child: never touched, kept reachable. */
+/* Private loops inherited by a fork child: never touched, kept reachable.
+ * Written by the forking thread, alone in the child. */
 static struct sa_private *sa_abandoned;
 
 static unsigned warm_max(void) {
@@ -198,7 +201,7 @@ static void private_scrub(struct sa_private *p) {
   uv_walk(&p->loop, close_ops_handle, &p->ctx);
   while (uv_run(&p->loop, UV_RUN_DEFAULT) != 0)
     ;
-  p->loop.data = NULL;
+  p->loop.data = NULL; /* as uv_loop_init() leaves it: an op may have used it */
 }
 
 /* Keep `p`, open, for a later thread, if fewer than sa_warm_max are. */
