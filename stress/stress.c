@@ -459,9 +459,11 @@ static void scenario_churn(void) {
     spawned += opt.threads;
   }
   free(t);
+  /* A dispatcher may keep the loops of exited threads for later ones, but
+   * not one per exited thread [SA-THR-2]: no more than ever ran at once. */
   int left = count_loops() - loops;
-  if (left != 0)
-    FAIL("%d loops left open by %ld exited threads", left, spawned);
+  if (left > opt.threads)
+    FAIL("%d loops left open by %ld exited threads, %d at a time", left, spawned, opt.threads);
   printf("churn: %ld threads\n", spawned);
 }
 

@@ -135,8 +135,9 @@ int sa_leave(uv_loop_t *loop);
  * [SA-LOOP-3]. */
 int sa_loop_close(uv_loop_t *loop);
 
-/* Free the calling thread's private loops now rather than at thread exit
- * (for the main thread, whose thread-exit hooks do not run at exit()).
+/* Let go of the calling thread's private loops now rather than at thread
+ * exit (for the main thread, whose thread-exit hooks do not run at exit()):
+ * a few stay open, cleared, for later threads, the others are closed.
  * Pending calls on them get their op's cancel hook and are waited for (ops
  * without a hook are not); every call not yet delivered is then delivered,
  * with SA_ECANCELED unless its op completed, to its continuation and future

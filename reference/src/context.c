@@ -34,6 +34,15 @@ void sa__ctx_init(struct sa_ctx *ctx, uv_loop_t *loop) {
   atomic_store(&ctx->id, atomic_fetch_add(&sa__next_ctx_id, 1));
 }
 
+/* A context for a new use of the same loop, whose handles it keeps: as
+ * new otherwise, with a new id, so that what was made under the old one
+ * stays refused [SA-THR-2]. */
+void sa__ctx_renew(struct sa_ctx *ctx) {
+  memset(&ctx->waiting, 0, sizeof *ctx - offsetof(struct sa_ctx, waiting));
+  atomic_store(&ctx->running, 0);
+  atomic_store(&ctx->id, atomic_fetch_add(&sa__next_ctx_id, 1));
+}
+
 /* Under sa__registry_mutex: the link to `loop`'s context in the registry,
  * pointing to NULL if it has none. */
 static struct sa_ctx **registry_link(uv_loop_t *loop) {

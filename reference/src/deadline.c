@@ -35,7 +35,7 @@ static void time_out(struct sa_future_rec *r) {
   r->call.flags |= CALL_TIMED_OUT;
   sa__call_settle(&r->call, SA_ETIMEDOUT, NULL);
   if (r->call.op->cancel) {
-    r->call.op->cancel(&r->call, r->call.loop, r->call.arg);
+    r->call.op->cancel(&r->call, sa__call_ctx(&r->call)->loop, r->call.arg);
     return;
   }
   r->call.flags |= CALL_HELD;
@@ -76,7 +76,7 @@ int sa__deadline_arm(struct sa_future_rec *r, uint64_t at) {
   if (!d) {
     if (!(d = malloc(sizeof *d)))
       return SA_ENOMEM;
-    int err = uv_timer_init(r->call.loop, &d->timer);
+    int err = uv_timer_init(sa__call_ctx(&r->call)->loop, &d->timer);
     if (err) {
       free(d);
       return err;

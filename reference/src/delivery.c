@@ -8,12 +8,6 @@
  */
 #include "internal.h"
 
-SA_COLD void sa__wake_sleepers_now(struct sa_future_rec *r) {
-  pthread_mutex_lock(&r->mutex);
-  pthread_cond_broadcast(&r->cond);
-  pthread_mutex_unlock(&r->mutex);
-}
-
 /* Clear `bits` (W_QUEUED or W_HELD) from a delivered record's word, and free
  * the record if that was the last thing keeping a released one. Returns the
  * word before. */
@@ -56,7 +50,7 @@ static inline __attribute__((always_inline)) void deliver_as(struct sa_future_re
     return;
   }
   if (cb)
-    cb(sa__handle_of(r, w), status, value, data);
+    cb(sa__handle_of(w), status, value, data);
 }
 
 /* Deliver a call of sa_dispatch_then, off the pending list. No handle names
@@ -101,7 +95,7 @@ static bool unqueue_late(struct sa_future_rec *r, uint64_t *word) {
 static void run_late_continuation(struct sa_future_rec *r) {
   uint64_t w;
   if (unqueue_late(r, &w))
-    r->cont(sa__handle_of(r, w), sa__call_status(&r->call), sa__call_value(&r->call), r->cont_data);
+    r->cont(sa__handle_of(w), sa__call_status(&r->call), sa__call_value(&r->call), r->cont_data);
 }
 
 /* Deliver a closed then-queue, in order, then put its records in t's cache
@@ -111,14 +105,14 @@ static inline void deliver_then_queue(struct sa_thread *t, struct sa_future_rec 
   struct sa_future_rec *r = first;
   unsigned n = 1;
   for (;;) {
-    struct sa_future_rec *next = r->next_free;
+    struct sa_future_rec *next = r->next;
     r->cont(SA_FUTURE_NULL, sa__call_status(&r->call), sa__call_value(&r->call), r->cont_data);
     if (!next)
       break;
     r = next;
     n++;
   }
-  r->next_free = t->free_head;
+  r->next = t->free_head;
   t->free_head = first;
   t->free_count += n;
 }
@@ -138,7 +132,7 @@ static void on_drain(uv_idle_t *idle) {
   if (then)
     deliver_then_queue(t, then);
   while (r) {
-    struct sa_future_rec *next = r->next_deferred;
+    struct sa_future_rec *next = r->next;
     if (r->call.flags & CALL_THEN)
       deliver_then(t, r);
     else if (atomic_load_explicit(&r->word, memory_order_relaxed) & W_DONE)

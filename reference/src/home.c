@@ -162,7 +162,7 @@ static void home_op_start(sa_call_t *call, uv_loop_t *loop, void *arg) {
   }
   job->msg.handle = handle_home_call;
   job->msg.drop = drop_home_call;
-  job->msg.target = sa__handle_of(r, atomic_load_explicit(&r->word, memory_order_relaxed));
+  job->msg.target = sa__handle_of(atomic_load_explicit(&r->word, memory_order_relaxed));
   job->op = req->op;
   job->arg = req->arg;
   job->home_ctx = req->home->ctx;

@@ -63,13 +63,18 @@ static struct sa_msg *take_inbox(struct sa_ctx *ctx, bool retire) {
 }
 
 /* The loop is going away: no message gets in from now on, and those that
- * did are refused. */
+ * did are refused. Results of home-loop calls can no longer come: they no
+ * longer keep the loop alive. */
 void sa__ctx_retire(struct sa_ctx *ctx) {
   struct sa_msg *m = take_inbox(ctx, true);
   while (m) {
     struct sa_msg *next = m->next;
     m->drop(m);
     m = next;
+  }
+  if (ctx->remote) {
+    ctx->remote = 0;
+    uv_unref((uv_handle_t *)&ctx->wakeup);
   }
 }
 
@@ -121,8 +126,10 @@ struct sa_future_rec *sa__local_call(struct sa_thread *t, struct sa_ctx *ctx,
  * from a thread that does not run that loop. The handle may have gone
  * stale meanwhile: the loop's thread checks it again. */
 int sa__request(struct sa_future_rec *r, sa_future_t future, sa_msg_fn *handle) {
-  return sa__post_request(sa__call_ctx(&r->call),
-                          atomic_load_explicit(&r->ctx_id, memory_order_relaxed), handle,
+  struct sa_ctx *ctx = sa__call_ctx(&r->call);
+  if (!ctx)
+    return 0; /* freed meanwhile, and given back [pool.c]: the call is over */
+  return sa__post_request(ctx, atomic_load_explicit(&r->ctx_id, memory_order_relaxed), handle,
                           future);
 }
 

@@ -1,21 +1,16 @@
 /*
  * process.c - process-wide set-up, once, and fork: the key whose destructor
- * frees a thread's private loops, the clock of timed waits, and the fork
- * handlers that keep a child off its parent's loops.
+ * lets go of a thread's private loops, and the fork handlers that keep a
+ * child off its parent's loops.
  */
 #include "internal.h"
 
 #include <stdlib.h>
-#include <time.h>
 
 _Thread_local struct sa_thread sa__self SA_TLS_MODEL;
 
-pthread_condattr_t sa__monotonic_cond;
-
 static pthread_once_t sa_once = PTHREAD_ONCE_INIT;
 static pthread_key_t sa_exit_key;
-/* Private loops inherited by a fork child: never touched, kept reachable. */
-static struct sa_private *sa_abandoned;
 /* Written only by the forking thread, alone in the child, before any other
  * thread exists there. */
 uint64_t sa__own_ctx_ids_from;
@@ -35,9 +30,8 @@ static void atfork_release(void) {
 /* In the child, every loop the dispatcher knows shares its epoll and eventfd
  * file descriptions with the parent: closing or stopping one of their
  * handles would unregister the parent's fds. Everything inherited is left
- * untouched and refused from now on [SA-THR-3]: the forking thread's private
- * loops are abandoned (the next call makes new ones; a call that returns
- * into one from the fork is refused), its scopes dropped (it is in sync
+ * untouched and refused from now on [SA-THR-3]: the private loops are
+ * abandoned (private.c), the forking thread's scopes dropped (it is in sync
  * context, even inside a callback of an inherited loop), and contexts,
  * futures and homes of the parent are known by their ids. */
 static void atfork_child(void) {
@@ -45,27 +39,10 @@ static void atfork_child(void) {
   struct sa_thread *t = &sa__self;
   sa__own_ctx_ids_from = atomic_load(&sa__next_ctx_id);
   t->depth = 0;
-  for (unsigned k = 0; k < SA_MAX_SYNC_DEPTH; k++) {
-    if (t->priv[k]) {
-      t->priv[k]->ctx.closing = true;
-      t->priv[k]->next_spare = sa_abandoned;
-      sa_abandoned = t->priv[k];
-      t->priv[k] = NULL;
-    }
-  }
-}
-
-/* Whether `loop` is one of the private loops a fork child inherited. */
-bool sa__loop_abandoned(const uv_loop_t *loop) {
-  for (const struct sa_private *p = sa_abandoned; p; p = p->next_spare)
-    if (&p->loop == loop)
-      return true;
-  return false;
+  sa__privates_abandon(t);
 }
 
 static void init_once(void) {
-  pthread_condattr_init(&sa__monotonic_cond);
-  pthread_condattr_setclock(&sa__monotonic_cond, CLOCK_MONOTONIC);
   if (pthread_key_create(&sa_exit_key, sa__thread_exit) != 0)
     abort(); /* only at start-up, with no keys left: nothing can work */
   pthread_atfork(atfork_prepare, atfork_release, atfork_child);
