@@ -320,3 +320,37 @@ Test(SA_THR_2, calls_on_a_loop_going_away_are_refused, .timeout = 20) {
   cr_assert_eq(d.late_then.starts, 0, "SA-THR-2: its op was started");
   cr_assert_eq(d.ignored.calls, 0);
 }
+
+/* After sa_thread_cleanup, futures of the loops that went keep their
+ * results, and a continuation has nowhere to run; in async context the
+ * cleanup is refused and changes nothing. */
+static void cleanup_in_loop(uv_loop_t *loop, void *data) {
+  (void)loop;
+  *(int *)data = sa_thread_cleanup();
+}
+
+Test(SA_THR_2, futures_after_cleanup_and_cleanup_in_async_context) {
+  struct value_req req = {.when = SA_TEST_INLINE, .status = -6, .value = &req};
+  sa_future_t f;
+  void *value = NULL;
+  cr_assert_eq(sa_dispatch(&value_op, &req, SA_MODE_ASYNC, NULL, &f), SA_PENDING);
+  cr_assert_eq(sa_future_wait(f, NULL), -6);
+  cr_assert_eq(sa_thread_cleanup(), 0);
+  cr_assert_eq(sa_future_status(f, &value), -6, "SA-THR-2: the future lost its result");
+  cr_assert_eq(value, &req);
+  struct cont_rec cont = {0};
+  cr_assert_eq(sa_future_then(f, record_cont, &cont), SA_ECANCELED,
+               "SA-THR-2: a continuation on a future of a loop gone was not refused");
+  cr_assert_eq(sa_future_release(f), 0);
+  cr_assert_eq(cont.calls, 0);
+
+  struct value_req parked = {.when = SA_TEST_LATER, .delay_ms = 20, .status = -2};
+  cr_assert_eq(sa_dispatch(&value_op, &parked, SA_MODE_ASYNC, NULL, &f), SA_PENDING);
+  int rc = 1;
+  sa_test_in_loop(cleanup_in_loop, &rc);
+  cr_assert_eq(rc, SA_EBUSY, "SA-THR-2: sa_thread_cleanup in async context returned %d", rc);
+  cr_assert_eq(sa_future_wait(f, NULL), -2, "SA-THR-2: a refused cleanup disturbed a call");
+  cr_assert_eq(parked.cancels, 0);
+  cr_assert_eq(sa_future_release(f), 0);
+  cr_assert_eq(sa_thread_cleanup(), 0);
+}
