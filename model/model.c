@@ -536,16 +536,9 @@ static void then_codes(const struct call_rec *c, const struct obs *o, struct all
   bool own = o->actor == c->owner;
   if (!own)
     allow(a, SA_EPERM);
-  /* SA-LOOP-2: no loop left to run it. A thread whose private loops went
-   * away (sa_thread_cleanup) may attach it to its next one or refuse:
-   * SPEC says neither. */
-  if (c->loop_closed || (!own && c->owner_gone))
+  /* SA-LOOP-2, SA-THR-2: no loop left to run it. */
+  if (c->loop_closed || c->owner_gone)
     allow(a, SA_ECANCELED);
-  if (own && c->owner_gone) {
-    allow(a, SA_ECANCELED);
-    if (!c->then_attached)
-      allow(a, 0);
-  }
   if (c->then_attached)
     allow(a, SA_EALREADY);
   if (a->n == 0)
