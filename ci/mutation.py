@@ -337,7 +337,9 @@ def write_report(out, meta, results):
     os.makedirs(survivors)
     for r in results:
         if r["verdict"] == "survived":
-            with open(os.path.join(survivors, r["id"] + ".patch"), "w") as f:
+            # ':' is not welcome in every file name (CI artifact stores refuse it).
+            name = r["id"].replace(":", "_") + ".patch"
+            with open(os.path.join(survivors, name), "w") as f:
                 f.write(r["patch"])
     print("\n".join(lines[:4]))
 
