@@ -150,17 +150,7 @@ struct call_rec *model_new_call(int action, int slot, int owner, int kind, int m
   struct call_rec *c = calloc(1, sizeof *c);
   if (!c)
     return NULL;
-  model_lock();
-  if (run.ncalls == MAX_CALLS) {
-    model_unlock();
-    free(c);
-    return NULL;
-  }
-  c->index = run.ncalls;
-  run.calls[run.ncalls++] = c;
-  if (slot >= 0)
-    run.slots[slot] = c;
-  model_unlock();
+  /* Whole before other threads can see it in run.calls. */
   c->slot = slot;
   c->action = action;
   c->owner = owner;
@@ -174,6 +164,17 @@ struct call_rec *model_new_call(int action, int slot, int owner, int kind, int m
     c->op[k].item = k;
   }
   c->blk.call = c;
+  model_lock();
+  if (run.ncalls == MAX_CALLS) {
+    model_unlock();
+    free(c);
+    return NULL;
+  }
+  c->index = run.ncalls;
+  run.calls[run.ncalls++] = c;
+  if (slot >= 0)
+    run.slots[slot] = c;
+  model_unlock();
   return c;
 }
 

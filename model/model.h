@@ -211,7 +211,7 @@ struct call_rec {
   bool in_child;   /* made in a fork child */
   bool sync_expected; /* SPEC says the entry point blocks */
   bool sync_from_sync; /* ...and it was made from sync context (SA-SYNC-3) */
-  bool async;      /* the entry point returned SA_PENDING */
+  _Atomic bool async; /* the entry point returned SA_PENDING (read by all actors) */
   bool app_loop;   /* on an actor's application loop (else a private loop) */
   int session;     /* app_loop: the owner's session it was made in */
   long slice;      /* app_loop: the loop iteration it was made in */

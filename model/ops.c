@@ -275,12 +275,14 @@ static void follow_up(struct call_rec *parent) {
   struct call_rec *c = model_new_call(-1, -1, t_actor - 1, ACT_DISPATCH_THEN, SA_MODE_AUTO);
   if (!c)
     return;
+  model_lock(); /* another thread's teardown may be reading the calls */
   c->app_loop = parent->app_loop;
   c->session = parent->session;
   c->loop = sa_current_loop();
   c->nops = 1;
   c->op[0].spec = (struct op_spec){.when = WHEN_NEXT_TICK, .hook = true};
   c->cont = CONT_RECORD;
+  model_unlock();
   /* On a private loop that is going away, the call is refused [SA-THR-2]. */
   bool teardown = t_teardown && !c->app_loop;
   struct obs o = {.action = -1, .actor = t_actor - 1};
