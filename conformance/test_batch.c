@@ -274,6 +274,24 @@ Test(SA_BAT_3, cancelling_a_batch_cancels_its_calls, .timeout = 8) {
   for (int i = 0; i < N; i++)
     cr_assert_eq(c.t[i].hooks, 1, "SA-BAT-3: item %d not cancelled", i);
   cr_assert_eq(sa_future_release(f), 0);
+
+  /* Items without a hook: the cancel is accepted, they run on and keep
+   * their own results. */
+  static const unsigned quick[N] = {20, 20, 20, 20, 20};
+  batch_case_init(&c, quick, two_fail);
+  for (int i = 0; i < N; i++)
+    c.items[i].op = &timed_op_without_hook;
+  cr_assert_eq(sa_batch(c.items, N, SA_BATCH_ALL, SA_MODE_ASYNC, NULL, &f), SA_PENDING);
+  cr_assert_eq(sa_future_cancel(f), 0, "SA-BAT-3: a batch refused a cancel");
+  void *value = NULL;
+  rc = sa_future_wait(f, &value);
+  cr_assert_eq(rc, -11, "SA-BAT-3: a batch of hook-less items returned %d after a cancel", rc);
+  cr_assert_eq(value, &c.items[1]);
+  for (int i = 0; i < N; i++)
+    cr_assert_eq(c.items[i].status, two_fail[i],
+                 "SA-BAT-3: hook-less item %d holds %d, not its own result", i,
+                 c.items[i].status);
+  cr_assert_eq(sa_future_release(f), 0);
 }
 
 /* SA-BAT-3: a FIRST batch completes once every loser with a cancel hook

@@ -82,10 +82,12 @@ Test(SA_ERR_2, op_failure_reaches_caller_unchanged) {
 }
 
 /* SA-ERR-3: every public function rejects NULL and invalid input. */
-static void start_never(sa_call_t *call, uv_loop_t *loop, void *arg) {
-  (void)call;
+/* Notes that it started and completes at once: a dispatcher that wrongly
+ * accepts the call returns instead of waiting for a completion. */
+static void note_start(sa_call_t *call, uv_loop_t *loop, void *arg) {
   (void)loop;
   *(int *)arg = 1;
+  sa_complete(call, 0, NULL);
 }
 
 /* Tries a positive status, refused, then completes validly. */
@@ -114,7 +116,7 @@ static void leave_wrong_loop(uv_loop_t *loop, void *data) {
 Test(SA_ERR_3, invalid_arguments_rejected) {
   int started = 0;
   const sa_op_t no_start = {NULL, NULL};
-  const sa_op_t op = {start_never, NULL};
+  const sa_op_t op = {note_start, NULL};
   sa_future_t f;
   void *value;
   cr_assert_eq(sa_dispatch(NULL, NULL, SA_MODE_AUTO, &value, &f), SA_EINVAL,

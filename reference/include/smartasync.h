@@ -97,8 +97,9 @@ int sa_dispatch(const sa_op_t *op, void *arg, sa_mode_t mode,
  * Async: returns SA_PENDING; cb(SA_FUTURE_NULL, status, value, data) is
  *        called exactly once, on the loop's thread, after this call has
  *        returned [SA-ASYNC-5]. No handle names the call: it cannot be
- *        cancelled or waited for. If its thread exits first, cb gets
- *        SA_ECANCELED then, on that thread [SA-THR-2].
+ *        cancelled or waited for. If its thread exits first, cb is called
+ *        then, on that thread, with SA_ECANCELED unless the op had
+ *        completed [SA-THR-2].
  * Errors as for sa_dispatch; a NULL cb is SA_EINVAL. */
 int sa_dispatch_then(const sa_op_t *op, void *arg, sa_mode_t mode, void **value,
                      sa_continuation_cb cb, void *data);
