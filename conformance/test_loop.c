@@ -2,6 +2,7 @@
 #include "sa_test.h"
 
 #include <criterion/criterion.h>
+#include <semaphore.h>
 
 struct reenter {
   int run_rc;
@@ -167,4 +168,135 @@ Test(SA_LOOP_3, closed_loops_are_refused_until_initialised_again) {
   struct value_req inline_req = {.when = SA_TEST_INLINE};
   sa_test_in_loop(dispatch_once_in_loop, &inline_req);
   cr_assert_eq(inline_req.completions, 1);
+}
+
+/* SA-LOOP-1: a loop running on another thread is refused too. */
+struct elsewhere {
+  uv_loop_t loop;
+  uv_timer_t timer;
+  sem_t running, checked;
+};
+
+static void on_elsewhere_timer(uv_timer_t *timer) {
+  struct elsewhere *e = timer->data;
+  sem_post(&e->running);
+  sem_wait(&e->checked); /* the loop runs, inside this callback, meanwhile */
+  uv_close((uv_handle_t *)timer, NULL);
+}
+
+static void *run_elsewhere(void *arg) {
+  struct elsewhere *e = arg;
+  cr_assert_eq(sa_run(&e->loop, UV_RUN_DEFAULT), 0);
+  return NULL;
+}
+
+Test(SA_LOOP_1, a_loop_running_on_another_thread_is_refused, .timeout = 10) {
+  struct elsewhere e;
+  pthread_t thread;
+  sem_init(&e.running, 0, 0);
+  sem_init(&e.checked, 0, 0);
+  cr_assert_eq(uv_loop_init(&e.loop), 0);
+  cr_assert_eq(uv_timer_init(&e.loop, &e.timer), 0);
+  e.timer.data = &e;
+  cr_assert_eq(uv_timer_start(&e.timer, on_elsewhere_timer, 0, 0), 0);
+  cr_assert_eq(pthread_create(&thread, NULL, run_elsewhere, &e), 0);
+  sem_wait(&e.running);
+  int run_rc = sa_run(&e.loop, UV_RUN_NOWAIT);
+  int enter_rc = sa_enter(&e.loop);
+  int close_rc = sa_loop_close(&e.loop);
+  sem_post(&e.checked);
+  pthread_join(thread, NULL);
+  cr_assert_eq(run_rc, SA_EBUSY, "SA-LOOP-1: sa_run of a loop running elsewhere returned %d",
+               run_rc);
+  cr_assert_eq(enter_rc, SA_EBUSY,
+               "SA-LOOP-1: sa_enter of a loop running elsewhere returned %d", enter_rc);
+  cr_assert_null(sa_current_loop());
+  cr_assert_eq(close_rc, SA_EBUSY,
+               "SA-LOOP-1: sa_loop_close of a loop running elsewhere returned %d", close_rc);
+  cr_assert_eq(sa_loop_close(&e.loop), 0, "SA-LOOP-2: the loop, stopped, did not close");
+  sem_destroy(&e.running);
+  sem_destroy(&e.checked);
+}
+
+/* SA-LOOP-2: results queued for delivery keep a loop from closing. A check
+ * callback, after the loop's idle phase, makes an inline call and stops the
+ * loop: its result is queued when uv_run returns. Each kind of call alone:
+ * a continuation given with the call, and a future. */
+struct queued_close {
+  uv_check_t check;
+  uv_idle_t spin; /* keeps the loop from blocking in its poll before the check */
+  bool with_future;
+  struct value_req req;
+  struct cont_rec cont;
+  sa_future_t f;
+};
+
+static void record_then(sa_future_t f, int status, void *value, void *data) {
+  record_cont(f, status, value, data);
+}
+
+static void spin(uv_idle_t *idle) { (void)idle; }
+
+static void queue_and_stop(uv_check_t *check) {
+  struct queued_close *q = check->data;
+  uv_close((uv_handle_t *)check, NULL);
+  uv_close((uv_handle_t *)&q->spin, NULL);
+  if (q->with_future)
+    cr_assert_eq(sa_dispatch(&value_op, &q->req, SA_MODE_AUTO, NULL, &q->f), SA_PENDING);
+  else
+    cr_assert_eq(sa_dispatch_then(&value_op, &q->req, SA_MODE_AUTO, NULL, record_then, &q->cont),
+                 SA_PENDING);
+  uv_stop(check->loop);
+}
+
+Test(SA_LOOP_2, queued_results_keep_the_loop_from_closing) {
+  for (int with_future = 0; with_future < 2; with_future++) {
+    const char *kind = with_future ? "a future's" : "a continuation's";
+    uv_loop_t loop;
+    struct queued_close q = {.with_future = with_future,
+                             .req = {.when = SA_TEST_INLINE, .status = -2}};
+    cr_assert_eq(uv_loop_init(&loop), 0);
+    cr_assert_eq(uv_check_init(&loop, &q.check), 0);
+    q.check.data = &q;
+    cr_assert_eq(uv_check_start(&q.check, queue_and_stop), 0);
+    cr_assert_eq(uv_idle_init(&loop, &q.spin), 0);
+    cr_assert_eq(uv_idle_start(&q.spin, spin), 0);
+    cr_assert_eq(sa_enter(&loop), 0);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    cr_assert_eq(sa_leave(&loop), 0);
+    cr_assert_eq(q.req.completions, 1);
+    cr_assert_eq(q.cont.calls, 0, "not the case under test: the result went out already");
+    cr_assert_eq(sa_loop_close(&loop), SA_EBUSY,
+                 "SA-LOOP-2: a loop with %s result queued for delivery was closed", kind);
+    cr_assert_eq(sa_run(&loop, UV_RUN_DEFAULT), 0);
+    if (with_future) {
+      cr_assert_eq(sa_future_status(q.f, NULL), -2, "SA-LOOP-2: the queued result was lost");
+      cr_assert_eq(sa_future_release(q.f), 0);
+    } else {
+      cr_assert_eq(q.cont.calls, 1, "SA-LOOP-2: the queued result was lost");
+      cr_assert_eq(q.cont.status, -2);
+    }
+    cr_assert_eq(sa_loop_close(&loop), 0);
+  }
+}
+
+/* SA-LOOP-2: the dispatcher's own private loops are not the application's
+ * to close. */
+static void note_loop(sa_call_t *call, uv_loop_t *loop, void *arg) {
+  *(uv_loop_t **)arg = loop;
+  sa_complete(call, 0, NULL);
+}
+
+static const sa_op_t note_loop_op = {note_loop, NULL};
+
+Test(SA_LOOP_2, a_private_loop_is_not_closed) {
+  uv_loop_t *private_loop = NULL, *again = NULL;
+  cr_assert_eq(sa_dispatch(&note_loop_op, &private_loop, SA_MODE_SYNC, NULL, NULL), 0);
+  cr_assert_not_null(private_loop);
+  int rc = sa_loop_close(private_loop);
+  cr_assert_eq(rc, SA_EPERM, "SA-LOOP-2: sa_loop_close of a private loop returned %d", rc);
+  cr_assert_eq(sa_dispatch(&note_loop_op, &again, SA_MODE_SYNC, NULL, NULL), 0,
+               "SA-LOOP-2: the private loop no longer works");
+  cr_assert_eq(again, private_loop, "SA-SYNC-3: the private loop changed");
+  cr_assert_eq(sa_thread_cleanup(), 0);
 }
