@@ -41,6 +41,8 @@ def tool_options(tool):
 
 
 # As the CTest runs (root CMakeLists.txt) give them.
+MEMCHECK = ["valgrind", "--quiet", *tool_options("memcheck"), "--child-silent-after-fork=yes",
+            "--error-exitcode=99"]
 TSAN_ENV = {"TSAN_OPTIONS": ":".join(["halt_on_error=1"] + tool_options("tsan") +
                                      [f"suppressions={REPO}/stress/tsan.supp"])}
 # A killer step may take this many times its run on the reference, at least MIN_LIMIT s.
@@ -123,6 +125,23 @@ def programs(runs, env=None):
     return killer
 
 
+def memcheck(runs):
+    """A killer that runs programs of the tree under memcheck, [(name, argv)]:
+    a leak or a memory error fails one (its exit status)."""
+    def killer(tree, work, deadline, known):
+        failed = set()
+        for name, (program, *args) in runs:
+            if known is not None and name in known:
+                continue
+            rc, _ = run([*MEMCHECK, os.path.join(tree, program), *args], deadline)
+            if rc != 0:
+                failed.add(name)
+                if known is not None:
+                    break
+        return failed
+    return killer
+
+
 def quick_stress(scenarios):
     return [(s, ["stress/sa_stress", s, "-t", "4", "-d", "1000"]) for s in scenarios]
 
@@ -145,6 +164,12 @@ KILLERS = [
     # TSan cannot fork a threaded process: no fork scenario.
     Killer("tsan", "tsan", ("sa_stress",),
            programs(quick_stress(s for s in SCENARIOS if s != "fork"), TSAN_ENV)),
+    # Leaks and memory errors, as the CTest model-valgrind run sees them: the
+    # conformance suite under memcheck (ci/test's conformance-valgrind) takes
+    # minutes, the model's programs in one process some seconds.
+    Killer("memcheck", "gcc", ("sa_model",),
+           memcheck([("model", ["model/sa_model", "--inline", "--seed", "1", "--rounds", "150",
+                                "--timeout", "60"])])),
 ]
 
 

@@ -390,4 +390,13 @@ Test(SA_DL_4, bad_arguments_are_refused) {
             "SA-DL-4: sa_deadline_in(1000) is not a second from now on uv_hrtime's clock");
   cr_assert_eq(sa_deadline_in(UINT64_MAX), SA_NO_DEADLINE,
                "SA-DL-4: an overflowing timeout must give SA_NO_DEADLINE");
+  cr_assert_eq(sa_deadline_in(UINT64_MAX / 1000000), SA_NO_DEADLINE,
+               "SA-DL-4: a timeout past the clock's end must give SA_NO_DEADLINE");
+  /* Far, but on the clock: thirty years are no overflow. */
+  uint64_t ms = 30ull * 365 * 24 * 3600 * 1000;
+  now = uv_hrtime();
+  uint64_t far = sa_deadline_in(ms);
+  cr_assert(far != SA_NO_DEADLINE && far >= now + ms * 1000000 &&
+                far < now + ms * 1000000 + 1000000000u,
+            "SA-DL-4: sa_deadline_in(30 years) is not thirty years from now");
 }
