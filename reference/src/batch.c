@@ -34,7 +34,6 @@ struct batch_request {
 
 static void batch_finish(struct batch *b, int status) {
   b->finished = true;
-  b->left = 0;
   sa_complete(b->call, status, b->decider);
   if (!b->busy)
     free(b);

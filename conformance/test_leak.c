@@ -1,0 +1,235 @@
+/* SA-ENTRY-6: calls leave nothing behind. Each test makes many calls of one
+ * entry point, in each mode and way of ending, and checks that the heap in
+ * use (glibc's mallinfo2) does not grow with their number: measured after a
+ * warm-up, so that caches an implementation keeps are full already. Under
+ * valgrind mallinfo2 reads zero and memcheck's own leak check takes over. */
+#include "sa_test.h"
+
+#include <criterion/criterion.h>
+#include <malloc.h>
+#include <stdio.h>
+
+#define WARM_UP 40
+#define ROUNDS 400
+/* Far below one small allocation per call over ROUNDS calls. */
+#define GROWTH_LIMIT 4096
+
+typedef void (*round_fn)(int round);
+
+static void check_no_growth(round_fn round, const char *what) {
+  for (int i = 0; i < WARM_UP; i++)
+    round(i);
+  size_t before = mallinfo2().uordblks;
+  for (int i = 0; i < ROUNDS; i++)
+    round(i);
+  size_t after = mallinfo2().uordblks;
+  long grown = (long)(after - before);
+  cr_assert_lt(grown, GROWTH_LIMIT, "SA-ENTRY-6 (%s): %d more rounds left %ld bytes behind",
+               what, ROUNDS, grown);
+}
+
+static sa_test_when when_of(int round) { return sa_test_whens[round % 3]; }
+
+/* ---- sa_dispatch --------------------------------------------------------- */
+
+static void dispatch_in_loop(uv_loop_t *loop, void *data) {
+  (void)loop;
+  int round = *(int *)data;
+  struct value_req req = {.when = SA_TEST_INLINE, .status = -1};
+  sa_future_t f;
+  /* Delivered and released in the continuation, or released while pending. */
+  static struct cont_rec cont;
+  static struct value_req later;
+  cont = (struct cont_rec){.release = true};
+  later = (struct value_req){.when = when_of(round), .status = -2};
+  cr_assert_eq(sa_dispatch(&value_op, &later, SA_MODE_AUTO, NULL, &f), SA_PENDING);
+  cr_assert_eq(sa_future_then(f, record_cont, &cont), 0);
+  cr_assert_eq(sa_dispatch(&value_op, &req, SA_MODE_AUTO, NULL, &f), SA_PENDING);
+  cr_assert_eq(sa_future_release(f), 0);
+}
+
+static void dispatch_round(int round) {
+  struct value_req req = {.when = when_of(round), .status = -3};
+  sa_future_t f;
+  cr_assert_eq(sa_dispatch(&value_op, &req, SA_MODE_SYNC, NULL, NULL), -3);
+  cr_assert_eq(sa_dispatch(&value_op, &req, SA_MODE_ASYNC, NULL, &f), SA_PENDING);
+  cr_assert_eq(sa_future_wait(f, NULL), -3);
+  cr_assert_eq(sa_future_release(f), 0);
+  sa_test_in_loop(dispatch_in_loop, &round);
+}
+
+Test(SA_ENTRY_6, sa_dispatch) { check_no_growth(dispatch_round, "sa_dispatch"); }
+
+/* ---- sa_dispatch_then ---------------------------------------------------- */
+
+static void ignore(sa_future_t f, int status, void *value, void *data) {
+  (void)f, (void)status, (void)value, (void)data;
+}
+
+static void then_in_loop(uv_loop_t *loop, void *data) {
+  (void)loop;
+  static struct value_req req;
+  req = (struct value_req){.when = when_of(*(int *)data)};
+  cr_assert_eq(sa_dispatch_then(&value_op, &req, SA_MODE_AUTO, NULL, ignore, NULL), SA_PENDING);
+}
+
+static void then_round(int round) {
+  struct value_req req = {.when = when_of(round)};
+  cr_assert_eq(sa_dispatch_then(&value_op, &req, SA_MODE_SYNC, NULL, ignore, NULL), 0);
+  sa_test_in_loop(then_in_loop, &round);
+}
+
+Test(SA_ENTRY_6, sa_dispatch_then) { check_no_growth(then_round, "sa_dispatch_then"); }
+
+/* ---- sa_dispatch_until: met, and timed out with and without a hook ------- */
+
+static void until_round(int round) {
+  struct value_req quick = {.when = when_of(round)};
+  struct value_req slow = {.when = SA_TEST_LATER, .delay_ms = 50};
+  sa_future_t f;
+  cr_assert_eq(sa_dispatch_until(&value_op, &quick, SA_MODE_AUTO, sa_deadline_in(1000), NULL,
+                                 &f),
+               0);
+  cr_assert_eq(sa_dispatch_until(&value_op, &slow, SA_MODE_AUTO, sa_deadline_in(1), NULL, &f),
+               SA_ETIMEDOUT);
+  if (round % 8 == 0) { /* the op runs on past the deadline: its end is awaited below */
+    struct value_req hookless = {.when = SA_TEST_LATER, .delay_ms = 5};
+    cr_assert_eq(sa_dispatch_until(&value_op_no_cancel, &hookless, SA_MODE_ASYNC,
+                                   sa_deadline_in(1), NULL, &f),
+                 SA_PENDING);
+    cr_assert_eq(sa_future_wait(f, NULL), SA_ETIMEDOUT);
+    cr_assert_eq(sa_future_release(f), 0);
+    struct value_req after = {.when = SA_TEST_LATER, .delay_ms = 10};
+    cr_assert_eq(sa_dispatch(&value_op, &after, SA_MODE_SYNC, NULL, NULL), 0);
+  }
+}
+
+Test(SA_ENTRY_6, sa_dispatch_until, .timeout = 30) {
+  check_no_growth(until_round, "sa_dispatch_until");
+}
+
+/* ---- sa_call_blocking ---------------------------------------------------- */
+
+static int blocking(void *arg, void **value) {
+  *value = arg;
+  return -4;
+}
+
+static void blocking_round(int round) {
+  sa_future_t f;
+  (void)round;
+  cr_assert_eq(sa_call_blocking(blocking, NULL, SA_MODE_SYNC, NULL, NULL), -4);
+  cr_assert_eq(sa_call_blocking(blocking, NULL, SA_MODE_ASYNC, NULL, &f), SA_PENDING);
+  cr_assert_eq(sa_future_wait(f, NULL), -4);
+  cr_assert_eq(sa_future_release(f), 0);
+}
+
+Test(SA_ENTRY_6, sa_call_blocking) { check_no_growth(blocking_round, "sa_call_blocking"); }
+
+/* ---- sa_batch: all, first (a loser with a hook, one without), cancelled -- */
+
+static void batch_round(int round) {
+  struct value_req r[3] = {{.when = when_of(round), .status = -5},
+                           {.when = SA_TEST_LATER, .delay_ms = 30},
+                           {.when = SA_TEST_LATER, .delay_ms = 3}};
+  sa_batch_item_t all[2] = {{.op = &value_op, .arg = &r[0]}, {.op = &value_op, .arg = &r[2]}};
+  sa_batch_item_t first[3] = {{.op = &value_op, .arg = &r[0]},
+                              {.op = &value_op, .arg = &r[1]},
+                              {.op = &value_op_no_cancel, .arg = &r[2]}};
+  sa_future_t f;
+  cr_assert_eq(sa_batch(all, 2, SA_BATCH_ALL, SA_MODE_SYNC, NULL, NULL), -5);
+  cr_assert_eq(sa_batch(first, 3, SA_BATCH_FIRST, SA_MODE_ASYNC, NULL, &f), SA_PENDING);
+  cr_assert_eq(sa_future_wait(f, NULL), -5);
+  cr_assert_eq(sa_future_release(f), 0);
+  struct value_req slow[2] = {{.when = SA_TEST_LATER, .delay_ms = 1000},
+                              {.when = SA_TEST_LATER, .delay_ms = 1000}};
+  sa_batch_item_t cancelled[2] = {{.op = &value_op, .arg = &slow[0]},
+                                  {.op = &value_op, .arg = &slow[1]}};
+  cr_assert_eq(sa_batch(cancelled, 2, SA_BATCH_ALL, SA_MODE_ASYNC, NULL, &f), SA_PENDING);
+  cr_assert_eq(sa_future_cancel(f), 0);
+  cr_assert_eq(sa_future_wait(f, NULL), SA_ECANCELED);
+  cr_assert_eq(sa_future_release(f), 0);
+  /* The hook-less loser ends on the private loop: let it. */
+  struct value_req after = {.when = SA_TEST_LATER, .delay_ms = 5};
+  cr_assert_eq(sa_dispatch(&value_op, &after, SA_MODE_SYNC, NULL, NULL), 0);
+}
+
+Test(SA_ENTRY_6, sa_batch, .timeout = 60) { check_no_growth(batch_round, "sa_batch"); }
+
+/* ---- what an implementation keeps outside the heap ----------------------- */
+
+/* The process's data segment in KiB (VmData): records an implementation
+ * maps itself, which mallinfo2 does not see, are counted here. */
+static long data_kib(void) {
+  FILE *f = fopen("/proc/self/status", "r");
+  cr_assert_not_null(f);
+  char line[256];
+  long kib = -1;
+  while (kib < 0 && fgets(line, sizeof line, f))
+    if (sscanf(line, "VmData: %ld kB", &kib) != 1)
+      kib = -1;
+  fclose(f);
+  cr_assert_geq(kib, 0, "no VmData in /proc/self/status");
+  return kib;
+}
+
+/* A first-wins batch whose items have no cancel hook: the batch lets the
+ * loser's call go, and the dispatcher alone ends it, on the private loop
+ * that later sync calls drive. Quick rounds, so that records taken in
+ * blocks of a thousand would show. */
+static void let_go_round(int round) {
+  (void)round;
+  struct value_req winner = {.when = SA_TEST_INLINE, .status = -7};
+  struct value_req loser = {.when = SA_TEST_LATER, .delay_ms = 1};
+  struct value_req drain = {.when = SA_TEST_LATER, .delay_ms = 1};
+  sa_batch_item_t first[2] = {{.op = &value_op_no_cancel, .arg = &winner},
+                              {.op = &value_op_no_cancel, .arg = &loser}};
+  int rc = sa_batch(first, 2, SA_BATCH_FIRST, SA_MODE_SYNC, NULL, NULL);
+  cr_assert(rc == -7 || rc == 0, "SA-BAT-3: a first-wins batch returned %d, neither item's status",
+            rc);
+  for (int i = 0; i < 100 && winner.completions + loser.completions < 2; i++)
+    cr_assert_eq(sa_dispatch(&value_op, &drain, SA_MODE_SYNC, NULL, NULL), 0);
+  cr_assert_eq(winner.completions + loser.completions, 2,
+               "a loser let go never ended on the private loop");
+}
+
+#define LET_GO_ROUNDS 2500
+#define DATA_GROWTH_LIMIT_KIB 128 /* 45 bytes a round */
+
+Test(SA_ENTRY_6, let_go_calls, .timeout = 60) {
+  for (int i = 0; i < WARM_UP; i++)
+    let_go_round(i);
+  long before = data_kib();
+  check_no_growth(let_go_round, "sa_batch, a loser let go");
+  for (int i = 0; i < LET_GO_ROUNDS; i++)
+    let_go_round(i);
+  long grown = data_kib() - before;
+  cr_assert_lt(grown, DATA_GROWTH_LIMIT_KIB,
+               "SA-ENTRY-6 (sa_batch, a loser let go): %d more rounds grew the data segment by "
+               "%ld KiB",
+               LET_GO_ROUNDS + ROUNDS, grown);
+}
+
+/* ---- sa_home_call, and cancels from another thread ----------------------- */
+
+static sa_home_t *home;
+
+static void home_round(int round) {
+  struct value_req req = {.when = when_of(round), .status = -6};
+  struct value_req parked = {.when = SA_TEST_LATER, .delay_ms = 1000};
+  sa_future_t f;
+  cr_assert_eq(sa_home_call(home, &value_op, &req, SA_MODE_SYNC, NULL, NULL), -6);
+  cr_assert_eq(sa_home_call(home, &value_op, &req, SA_MODE_ASYNC, NULL, &f), SA_PENDING);
+  cr_assert_eq(sa_future_wait(f, NULL), -6);
+  cr_assert_eq(sa_future_release(f), 0);
+  cr_assert_eq(sa_home_call(home, &value_op, &parked, SA_MODE_ASYNC, NULL, &f), SA_PENDING);
+  cr_assert_eq(sa_future_cancel(f), 0);
+  cr_assert_eq(sa_future_wait(f, NULL), SA_ECANCELED);
+  cr_assert_eq(sa_future_release(f), 0);
+}
+
+Test(SA_ENTRY_6, sa_home_call, .timeout = 60) {
+  cr_assert_eq(sa_home_start(&home), 0);
+  check_no_growth(home_round, "sa_home_call");
+  cr_assert_eq(sa_home_stop(home), 0);
+}
