@@ -1,23 +1,32 @@
 #!/bin/sh
-# Packaging test: install the reference from BUILD into a fresh prefix, then
-# build and run the consumer as a separate project, once through the CMake
-# package (find_package) and once through pkg-config.
+# Packaging test: configure the library alone (-DBUILD_TESTING=OFF) with
+# Criterion and Google Benchmark out of sight, as on a machine that has only
+# libuv, install it into a fresh prefix, then build and run the consumer as a
+# separate project: through the CMake package (find_package), through
+# pkg-config, and with -std=c11 and the POSIX feature macro the header needs.
 #
-#   test-consumer.sh BUILD_DIR WORK_DIR C_COMPILER
+#   test-consumer.sh SOURCE_DIR WORK_DIR C_COMPILER
 set -eu
 if [ $# -ne 3 ]; then
-  echo "usage: test-consumer.sh BUILD_DIR WORK_DIR C_COMPILER" >&2
+  echo "usage: test-consumer.sh SOURCE_DIR WORK_DIR C_COMPILER" >&2
   exit 2
 fi
-build="$1"
+source="$1"
 work="$2"
 cc="$3"
 here=$(cd "$(dirname "$0")" && pwd)
 rm -rf "$work"
-mkdir -p "$work"
+mkdir -p "$work/pkgconfig"
 prefix="$work/prefix"
 
-cmake --install "$build" --prefix "$prefix" >"$work/install.log"
+echo "== the library alone, with only libuv in sight"
+cp "$(pkg-config --variable=pcfiledir libuv)/libuv.pc" "$work/pkgconfig/"
+PKG_CONFIG_LIBDIR="$work/pkgconfig" cmake -S "$source" -B "$work/library" \
+  -DCMAKE_C_COMPILER="$cc" -DBUILD_TESTING=OFF -DCMAKE_DISABLE_FIND_PACKAGE_benchmark=ON \
+  --no-warn-unused-cli \
+  >"$work/library.log"
+cmake --build "$work/library" >>"$work/library.log"
+cmake --install "$work/library" --prefix "$prefix" >"$work/install.log"
 for f in include/smartasync.h lib*/pkgconfig/smartasync.pc lib*/cmake/smartasync/smartasyncConfig.cmake; do
   # shellcheck disable=SC2086 # the glob is the point
   ls "$prefix"/$f >/dev/null || { echo "not installed: $f"; exit 1; }
@@ -37,3 +46,9 @@ echo "version $(pkg-config --modversion smartasync)"
 "$cc" -Wall -Wextra -Werror -o "$work/consumer-pc" "$here/consumer.c" \
   $(pkg-config --cflags --libs smartasync)
 "$work/consumer-pc"
+
+echo "== -std=c11 -D_POSIX_C_SOURCE=200809L (libuv's header needs POSIX)"
+# shellcheck disable=SC2046 # flags are words
+"$cc" -std=c11 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Werror -o "$work/consumer-c11" \
+  "$here/consumer.c" $(pkg-config --cflags --libs smartasync)
+"$work/consumer-c11"
