@@ -4,12 +4,14 @@ panels: its time per unit (median and 95 % interval), the cost its verdict
 is taken on (instructions per unit; for threads, the time over the
 cached-loop wrapper's) and its bytes per unit (heap in use, and resident
 memory dashed), segments red where the curve bends, orange where
-undecided; then the thread churn and the memory of a spike.
+undecided; then the thread churn and the memory of a spike. Without
+GROWTH_JSON (the measurements did not run) the plot says so.
 
   plot_growth.py GROWTH_JSON OUT_SVG
 """
 import json
 import math
+import os
 import sys
 from xml.sax.saxutils import escape
 
@@ -216,6 +218,11 @@ def memory_rows(memory):
 def main():
     if len(sys.argv) != 3:
         sys.exit(__doc__)
+    if not os.path.exists(sys.argv[1]):
+        write(sys.argv[2], MARGIN_T + 60, "", [
+            f'<text x="{WIDTH / 2}" y="{MARGIN_T + 20}" text-anchor="middle">No growth data: '
+            "the measurements did not run to the end (see the scorecard's summary)</text>"])
+        return
     with open(sys.argv[1]) as f:
         growth = json.load(f)
     body = []
@@ -232,13 +239,17 @@ def main():
               "Memory at 100,000 pending calls: bytes per call, and resident memory before, "
               "at the peak and after",
               [(1.1 * spike, "RSS before + 10 % (target)")])
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{y}" '
+    write(sys.argv[2], y, f" (log-log; a segment bends above slope {growth['bend_slope']}: red)",
+          body)
+
+
+def write(path, height, subtitle, body):
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
            f'font-family="sans-serif" font-size="11">',
-           f'<rect width="{WIDTH}" height="{y}" fill="white"/>',
+           f'<rect width="{WIDTH}" height="{height}" fill="white"/>',
            f'<text x="{WIDTH / 2}" y="22" text-anchor="middle" font-size="15">'
-           'Cost and memory as the work grows (log-log; a segment bends above slope '
-           f'{growth["bend_slope"]}: red)</text>'] + body + ["</svg>"]
-    with open(sys.argv[2], "w") as f:
+           f'Cost and memory as the work grows{subtitle}</text>'] + body + ["</svg>"]
+    with open(path, "w") as f:
         f.write("\n".join(out) + "\n")
 
 

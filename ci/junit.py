@@ -79,11 +79,16 @@ def failure_message(diagnostics):
     return f"test failed: {first[0]}" if first and first[0] != "---" else "test failed"
 
 
+class Skipped(str):
+    """In a case's place for a failure message: the case was not run, why."""
+
+
 def suite_element(parent, name, cases, properties=()):
-    """cases: [(classname, name, seconds, failure message or None, details)]."""
+    """cases: [(classname, name, seconds, failure message, Skipped or None, details)]."""
+    skipped = sum(isinstance(c[3], Skipped) for c in cases)
     suite = ET.SubElement(parent, "testsuite", name=name, tests=str(len(cases)),
-                          failures=str(sum(c[3] is not None for c in cases)),
-                          errors="0", skipped="0",
+                          failures=str(sum(c[3] is not None for c in cases) - skipped),
+                          errors="0", skipped=str(skipped),
                           time=f"{sum(c[2] for c in cases):.3f}")
     if properties:
         props = ET.SubElement(suite, "properties")
@@ -92,14 +97,16 @@ def suite_element(parent, name, cases, properties=()):
     for classname, case_name, seconds, failure, details in cases:
         case = ET.SubElement(suite, "testcase", classname=classname, name=case_name,
                              time=f"{seconds:.3f}")
-        if failure is not None:
+        if isinstance(failure, Skipped):
+            ET.SubElement(case, "skipped", message=failure)
+        elif failure is not None:
             ET.SubElement(case, "failure", message=failure, type="failure").text = details
     return suite
 
 
 def write(root, path):
     suites = root.findall("testsuite")
-    for key in ("tests", "failures", "errors"):
+    for key in ("tests", "failures", "errors", "skipped"):
         root.set(key, str(sum(int(s.get(key)) for s in suites)))
     root.set("time", f"{sum(float(s.get('time')) for s in suites):.3f}")
     ET.indent(root)
@@ -136,12 +143,18 @@ def stress(args):
         cases = []
         for run in (r for r in runs if r["scenario"] == scenario):
             failure = details = None
-            if run["verdict"] != "clean":
+            if run["verdict"] == "not-run":
+                failure = Skipped(f"not run: {run['log']}")
+            elif run["verdict"] != "clean":
                 failure = (f"{run['verdict']}: {run['reports']} race reports, "
                            f"{run['failed']} wrong outcomes of {run['calls']} calls")
                 details = log_tail(os.path.join(base, run["log"]))
-            name = f"{run['detector']} seed {run['seed']} ({run['threads']} threads)"
-            cases.append((f"stress.{scenario}", name, float(run["seconds"]), failure, details))
+            if isinstance(failure, Skipped):
+                name, seconds = run["detector"], 0.0
+            else:
+                name = f"{run['detector']} seed {run['seed']} ({run['threads']} threads)"
+                seconds = float(run["seconds"])
+            cases.append((f"stress.{scenario}", name, seconds, failure, details))
         suite_element(root, scenario, cases)
     write(root, args.out)
 

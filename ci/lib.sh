@@ -1,6 +1,8 @@
 # Shared by the ci/ scripts (sourced, POSIX sh).
 
 # Install the Debian packages that are missing; nothing if all are there.
+# Without root, and without a sudo that needs no password, print the line
+# that installs them and fail before any work is done.
 ensure_packages() {
   missing=""
   for pkg in "$@"; do
@@ -8,9 +10,17 @@ ensure_packages() {
       missing="$missing $pkg"
   done
   [ -z "$missing" ] && return 0
-  echo "installing:$missing"
   sudo=""
-  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  if [ "$(id -u)" -ne 0 ]; then
+    if ! command -v sudo >/dev/null 2>&1 || ! sudo -n true 2>/dev/null; then
+      echo "missing Debian packages:$missing" >&2
+      echo "install them as root, then run this again:" >&2
+      echo "  apt-get install -y --no-install-recommends$missing" >&2
+      return 1
+    fi
+    sudo="sudo -n"
+  fi
+  echo "installing:$missing"
   $sudo apt-get update -qq &&
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $missing
 }
@@ -34,20 +44,52 @@ jobs() { nproc 2>/dev/null || echo 2; }
 # memcheck) kept in stress/detectors.options, one per line.
 tool_options() { sed -n "s/^$1 //p" stress/detectors.options; }
 
-# The implementation under test, as --impl and --include name it: a CMake
-# target or a library path (the reference by default), and the directory of
-# its smartasync.h.
+# The directory the script was started from (each script sets sa_caller_dir
+# before it changes to the checkout): paths on its command line are relative
+# to it.
+# from_caller PATH: PATH made absolute against that directory.
+from_caller() {
+  case "$1" in
+    /*) echo "$1" ;;
+    *) echo "${sa_caller_dir:-$PWD}/$1" ;;
+  esac
+}
+
+# The implementation under test, as --impl, --impl-tsan and --include name
+# it: a CMake target or a library path (the reference by default), the same
+# library built with -fsanitize=thread (TSan sees only instrumented code),
+# and the directory of its smartasync.h.
 impl=smartasync
+impl_tsan=""
 include=""
 
-# impl_option OPTION VALUE: keep the VALUE of --impl or --include; fails on
-# any other OPTION.
+# impl_option OPTION VALUE: keep the VALUE of --impl, --impl-tsan or
+# --include; fails on any other OPTION. A value with a slash, or naming a
+# file, is a path; otherwise --impl names a CMake target.
 impl_option() {
   case "$1" in
-    --impl) impl="$2" ;;
-    --include) include="$2" ;;
+    --impl)
+      case "$2" in
+        */*) impl=$(from_caller "$2") ;;
+        *) if [ -e "$(from_caller "$2")" ]; then impl=$(from_caller "$2"); else impl="$2"; fi ;;
+      esac ;;
+    --impl-tsan) impl_tsan=$(from_caller "$2") ;;
+    --include) include=$(from_caller "$2") ;;
     *) return 1 ;;
   esac
+}
+
+# impl_is_library: whether the implementation is a library built outside
+# the project (not a CMake target of this tree).
+impl_is_library() {
+  case "$impl" in /*) return 0 ;; *) return 1 ;; esac
+}
+
+# tsan_impl: the implementation for a TSan tree: a target of this tree is
+# built instrumented; a library built outside must be given instrumented
+# (--impl-tsan). Empty if there is none.
+tsan_impl() {
+  if impl_is_library; then echo "$impl_tsan"; else echo "$impl"; fi
 }
 
 # cmake_impl BUILD_DIR [ARG...]: configure BUILD_DIR for the implementation
@@ -56,4 +98,12 @@ cmake_impl() {
   dir="$1"
   shift
   cmake -S . -B "$dir" -DSA_IMPL="$impl" ${include:+"-DSA_IMPL_INCLUDE_DIR=$include"} "$@"
+}
+
+# cmake_impl_tsan BUILD_DIR [ARG...]: as cmake_impl, for a TSan tree.
+cmake_impl_tsan() {
+  dir="$1"
+  shift
+  cmake -S . -B "$dir" -DSA_IMPL="$(tsan_impl)" ${include:+"-DSA_IMPL_INCLUDE_DIR=$include"} \
+    -DCMAKE_C_COMPILER=clang -DSA_TSAN=ON "$@"
 }
