@@ -2,12 +2,14 @@
  * entry point, in each mode and way of ending, and checks that the heap in
  * use (glibc's mallinfo2) does not grow with their number: measured after a
  * warm-up, so that caches an implementation keeps are full already. Under
- * valgrind mallinfo2 reads zero and memcheck's own leak check takes over. */
+ * valgrind mallinfo2 reads zero, the data segment holds valgrind's own
+ * memory, and memcheck's leak check takes over. */
 #include "sa_test.h"
 
 #include <criterion/criterion.h>
 #include <malloc.h>
 #include <stdio.h>
+#include <valgrind/valgrind.h>
 
 #define WARM_UP 40
 #define ROUNDS 400
@@ -139,7 +141,11 @@ static void batch_round(int round) {
   sa_future_t f;
   cr_assert_eq(sa_batch(all, 2, SA_BATCH_ALL, SA_MODE_SYNC, NULL, NULL), -5);
   cr_assert_eq(sa_batch(first, 3, SA_BATCH_FIRST, SA_MODE_ASYNC, NULL, &f), SA_PENDING);
-  cr_assert_eq(sa_future_wait(f, NULL), -5);
+  /* The winner is the first item or, when the loop is late to deliver it
+   * (a slow machine, valgrind), the 3 ms one: what is left behind is the
+   * point here, and which wins is SA-BAT-3's test. */
+  int winner = sa_future_wait(f, NULL);
+  cr_assert(winner == -5 || winner == 0, "a first-wins batch gave %d", winner);
   cr_assert_eq(sa_future_release(f), 0);
   struct value_req slow[2] = {{.when = SA_TEST_LATER, .delay_ms = 1000},
                               {.when = SA_TEST_LATER, .delay_ms = 1000}};
@@ -203,6 +209,8 @@ Test(SA_ENTRY_6, let_go_calls, .timeout = 60) {
   check_no_growth(let_go_round, "sa_batch, a loser let go");
   for (int i = 0; i < LET_GO_ROUNDS; i++)
     let_go_round(i);
+  if (RUNNING_ON_VALGRIND) /* valgrind's own memory grows the segment */
+    return;
   long grown = data_kib() - before;
   cr_assert_lt(grown, DATA_GROWTH_LIMIT_KIB,
                "SA-ENTRY-6 (sa_batch, a loser let go): %d more rounds grew the data segment by "
