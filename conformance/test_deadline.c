@@ -47,6 +47,65 @@ Test(SA_DL_1, sync_call_times_out_no_earlier_than_the_deadline) {
   cr_assert_str_neq(sa_strerror(SA_ETIMEDOUT), "", "SA-DL-1: no description");
 }
 
+/* The loop's clock is coarse (libuv reads a coarse clock: 4 ms steps on
+ * some kernels), the deadline is on uv_hrtime()'s: a time-out taken on the
+ * loop's word alone comes early by up to a step. Many short deadlines, so
+ * that every phase of the step is met. */
+#define EARLY_PROBES 40
+
+Test(SA_DL_1, short_deadlines_never_time_out_early) {
+  for (int i = 0; i < EARLY_PROBES; i++) {
+    struct value_req req = {.when = SA_TEST_LATER, .delay_ms = LONG_OP_MS};
+    uint64_t deadline = sa_deadline_in(1 + i % 7);
+    int rc = sa_dispatch_until(&value_op, &req, SA_MODE_SYNC, deadline, NULL, NULL);
+    uint64_t end = uv_hrtime();
+    cr_assert_eq(rc, SA_ETIMEDOUT, "SA-DL-1: call %d returned %d", i, rc);
+    cr_assert_geq(end, deadline, "SA-DL-1: call %d timed out %.2f ms before its deadline", i,
+                  (double)(deadline - end) / 1e6);
+  }
+}
+
+struct early_probe {
+  uint64_t deadline;
+  uint64_t delivered_at;
+  int status;
+  struct value_req req;
+};
+
+static void on_early_probe(sa_future_t f, int status, void *value, void *data) {
+  (void)value;
+  struct early_probe *p = data;
+  p->delivered_at = uv_hrtime();
+  p->status = status;
+  sa_future_release(f);
+}
+
+static void start_early_probes(uv_loop_t *loop, void *data) {
+  (void)loop;
+  struct early_probe *probes = data;
+  for (int i = 0; i < EARLY_PROBES; i++) {
+    struct early_probe *p = &probes[i];
+    sa_future_t f;
+    p->req = (struct value_req){.when = SA_TEST_LATER, .delay_ms = LONG_OP_MS};
+    p->deadline = sa_deadline_in(1 + i % 7);
+    cr_assert_eq(sa_dispatch_until(&value_op, &p->req, SA_MODE_AUTO, p->deadline, NULL, &f),
+                 SA_PENDING);
+    cr_assert_eq(sa_future_then(f, on_early_probe, p), 0);
+  }
+}
+
+Test(SA_DL_3, short_deadlines_never_delivered_early) {
+  static struct early_probe probes[EARLY_PROBES];
+  sa_test_in_loop(start_early_probes, probes);
+  for (int i = 0; i < EARLY_PROBES; i++) {
+    cr_assert_eq(probes[i].status, SA_ETIMEDOUT, "SA-DL-3: call %d delivered %d", i,
+                 probes[i].status);
+    cr_assert_geq(probes[i].delivered_at, probes[i].deadline,
+                  "SA-DL-3: call %d timed out %.2f ms before its deadline", i,
+                  (double)(probes[i].deadline - probes[i].delivered_at) / 1e6);
+  }
+}
+
 /* An op whose cancel hook finishes asynchronously: it closes its timer and
  * completes from the close callback, as real ops do with their handles. */
 struct closing {
@@ -399,4 +458,10 @@ Test(SA_DL_4, bad_arguments_are_refused) {
   cr_assert(far != SA_NO_DEADLINE && far >= now + ms * 1000000 &&
                 far < now + ms * 1000000 + 1000000000u,
             "SA-DL-4: sa_deadline_in(30 years) is not thirty years from now");
+  /* The last whole second before the clock's end: on the clock still. */
+  now = uv_hrtime();
+  ms = (SA_NO_DEADLINE - now) / 1000000 - 1000;
+  far = sa_deadline_in(ms);
+  cr_assert(far != SA_NO_DEADLINE && far >= now + ms * 1000000,
+            "SA-DL-4: a timeout a second short of the clock's end saturated");
 }
