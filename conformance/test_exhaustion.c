@@ -7,11 +7,13 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/resource.h>
 #include <unistd.h>
+#include <valgrind/valgrind.h>
 
 /* ---- memory --------------------------------------------------------------- */
 
@@ -101,6 +103,35 @@ Test(SA_ERR_4, async_batch_without_memory) {
 #define FD_ROOM 64 /* the limit is set this far above the lowest free fd */
 #define FD_MAX (FD_ROOM + 1024)
 
+/* Descriptors taken so that no more can be opened, and the limit before. */
+struct fd_hold {
+  struct rlimit old;
+  int fds[FD_MAX];
+  int n;
+};
+
+/* Take every descriptor the process may open. Returns what went wrong, or
+ * NULL: no assertion, as it also runs off the test's thread. */
+static const char *exhaust_descriptors(struct fd_hold *hold) {
+  int lowest = dup(0);
+  if (lowest < 0 || getrlimit(RLIMIT_NOFILE, &hold->old) != 0)
+    return "dup or getrlimit";
+  close(lowest);
+  struct rlimit tight = {(rlim_t)lowest + FD_ROOM, hold->old.rlim_max};
+  if (setrlimit(RLIMIT_NOFILE, &tight) != 0)
+    return "setrlimit";
+  hold->n = 0;
+  while (hold->n < FD_MAX && (hold->fds[hold->n] = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0)
+    hold->n++;
+  return hold->n == FD_MAX || errno != EMFILE ? "descriptors did not run out" : NULL;
+}
+
+static void restore_descriptors(struct fd_hold *hold) {
+  while (hold->n > 0)
+    close(hold->fds[--hold->n]);
+  setrlimit(RLIMIT_NOFILE, &hold->old);
+}
+
 struct fd_probe {
   const char *setup_failed; /* what went wrong before the calls, if anything */
   int first;                /* the first call's status, with no descriptor left */
@@ -115,29 +146,11 @@ static int marker;
  * no assertion: the test's own thread checks what it saw. */
 static void *first_call_without_descriptors(void *arg) {
   struct fd_probe *probe = arg;
-  struct rlimit old, tight;
-  int fds[FD_MAX], n = 0, lowest = dup(0);
-  if (lowest < 0 || getrlimit(RLIMIT_NOFILE, &old) != 0) {
-    probe->setup_failed = "dup or getrlimit";
-    return NULL;
-  }
-  close(lowest);
-  tight = (struct rlimit){(rlim_t)lowest + FD_ROOM, old.rlim_max};
-  if (setrlimit(RLIMIT_NOFILE, &tight) != 0) {
-    probe->setup_failed = "setrlimit";
-    return NULL;
-  }
-  while (n < FD_MAX && (fds[n] = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0)
-    n++;
-  if (n == FD_MAX || errno != EMFILE)
-    probe->setup_failed = "descriptors did not run out";
-
+  static struct fd_hold hold;
+  probe->setup_failed = exhaust_descriptors(&hold);
   struct value_req req = {.when = SA_TEST_NEXT_TICK, .value = &marker};
   probe->first = sa_dispatch(&value_op, &req, SA_MODE_SYNC, &probe->first_value, NULL);
-
-  while (n > 0)
-    close(fds[--n]);
-  setrlimit(RLIMIT_NOFILE, &old);
+  restore_descriptors(&hold);
   probe->second = sa_dispatch(&value_op, &req, SA_MODE_SYNC, &probe->second_value, NULL);
   return NULL;
 }
@@ -155,4 +168,49 @@ Test(SA_ERR_4, first_call_of_a_thread_without_descriptors) {
   cr_assert(probe.second == 0 && probe.second_value == &marker,
             "SA-ERR-4: the thread's call once descriptors were back gave %d (the first: %d)",
             probe.second, probe.first);
+}
+
+/* A home needs a loop: started with no descriptor left, it fails with an
+ * error, again and again, and leaves nothing behind (its thread joined,
+ * its memory freed); once descriptors are back, homes start. */
+#define HOME_TRIES 100
+#define HOME_HEAP_LIMIT 4096    /* bytes: far below one home a try */
+#define HOME_VM_LIMIT_KIB 65536 /* far below a thread's stack a try */
+
+Test(SA_ERR_4, home_start_without_descriptors) {
+  sa_home_t *home = NULL;
+  cr_assert_eq(sa_home_start(&home), 0); /* warm: what a first home sets up */
+  cr_assert_eq(sa_home_stop(home), 0);
+  static struct fd_hold hold;
+  size_t heap_before = mallinfo2().uordblks;
+  long vm_before = vm_size_kib();
+  const char *setup_failed = exhaust_descriptors(&hold);
+  int started = 0, last = 0;
+  for (int i = 0; i < HOME_TRIES && !setup_failed; i++) {
+    home = NULL;
+    if ((last = sa_home_start(&home)) == 0) {
+      started++;
+      sa_home_stop(home);
+    }
+  }
+  restore_descriptors(&hold);
+  cr_assert_null(setup_failed, "test set-up: %s", setup_failed);
+  long heap_grown = (long)(mallinfo2().uordblks - heap_before);
+  long vm_grown = vm_size_kib() - vm_before;
+  cr_assert(last < 0 || started == HOME_TRIES,
+            "SA-ERR-4: sa_home_start with no descriptor left gave %d", last);
+  cr_assert_lt(heap_grown, HOME_HEAP_LIMIT,
+               "SA-ERR-4: %d home starts with no descriptor left left %ld bytes behind",
+               HOME_TRIES, heap_grown);
+  if (!RUNNING_ON_VALGRIND) /* valgrind's own memory is counted there */
+    cr_assert_lt(vm_grown, HOME_VM_LIMIT_KIB,
+                 "SA-ERR-4: %d home starts with no descriptor left grew the address space by "
+                 "%ld KiB (threads not joined?)",
+                 HOME_TRIES, vm_grown);
+  cr_assert_eq(sa_home_start(&home), 0, "SA-ERR-4: no home starts once descriptors are back");
+  struct value_req req = {.when = SA_TEST_NEXT_TICK, .value = &marker};
+  void *value = NULL;
+  cr_assert_eq(sa_home_call(home, &value_op, &req, SA_MODE_SYNC, &value, NULL), 0);
+  cr_assert_eq(value, &marker);
+  cr_assert_eq(sa_home_stop(home), 0);
 }
