@@ -715,3 +715,76 @@ Test(SA_HOME_4, stopped_homes_leave_nothing_behind, .timeout = 30) {
   cr_assert_lt((long)grown, 4096, "SA-HOME-4: 40 stopped homes left %zu bytes of heap behind",
                grown);
 }
+
+/* SA-HOME-4: a call made while the home stops is answered too. The home's
+ * running call has a cancel hook that holds the stop until the test lets
+ * it go; meanwhile the test calls the home. That call is refused at once
+ * with an error, or answered once the stop is done: SA_ECANCELED, or its
+ * result if the home ran it first; never left pending. */
+struct held_stop {
+  sem_t started, hook_entered, let_go;
+  sa_call_t *call;
+  sa_home_t *home;
+  int stop_rc;
+};
+
+static void held_start(sa_call_t *call, uv_loop_t *loop, void *arg) {
+  (void)loop;
+  struct held_stop *h = arg;
+  h->call = call;
+  sem_post(&h->started);
+}
+
+static void held_cancel(sa_call_t *call, uv_loop_t *loop, void *arg) {
+  (void)loop;
+  struct held_stop *h = arg;
+  sem_post(&h->hook_entered);
+  sem_wait(&h->let_go);
+  sa_complete(call, SA_ECANCELED, NULL);
+}
+
+static const sa_op_t held_op = {held_start, held_cancel};
+
+static void *stop_home(void *arg) {
+  struct held_stop *h = arg;
+  h->stop_rc = sa_home_stop(h->home);
+  return NULL;
+}
+
+static void sem_wait_or_fail(sem_t *sem, const char *what) {
+  struct timespec at;
+  clock_gettime(CLOCK_REALTIME, &at);
+  at.tv_sec += 10;
+  cr_assert_eq(sem_timedwait(sem, &at), 0, "SA-HOME-4: %s", what);
+}
+
+Test(SA_HOME_4, call_made_while_the_home_stops_is_answered) {
+  static struct held_stop h;
+  sem_init(&h.started, 0, 0);
+  sem_init(&h.hook_entered, 0, 0);
+  sem_init(&h.let_go, 0, 0);
+  h.home = start_home();
+  sa_future_t running, late;
+  cr_assert_eq(sa_home_call(h.home, &held_op, &h, SA_MODE_ASYNC, NULL, &running), SA_PENDING);
+  sem_wait_or_fail(&h.started, "the running call never started");
+  pthread_t stopper;
+  cr_assert_eq(pthread_create(&stopper, NULL, stop_home, &h), 0);
+  sem_wait_or_fail(&h.hook_entered, "the stop never ran the running call's cancel hook");
+
+  struct value_req req = {.when = SA_TEST_INLINE, .value = &marker};
+  int rc = sa_home_call(h.home, &value_op, &req, SA_MODE_ASYNC, NULL, &late);
+  sem_post(&h.let_go);
+  cr_assert_eq(pthread_join(stopper, NULL), 0);
+  cr_assert_eq(h.stop_rc, 0);
+  cr_assert_eq(sa_future_wait(running, NULL), SA_ECANCELED);
+  cr_assert_eq(sa_future_release(running), 0);
+  cr_assert(rc == SA_PENDING || rc < 0, "SA-HOME-4: a call during the stop returned %d", rc);
+  if (rc == SA_PENDING) {
+    void *value = NULL;
+    int status = sa_future_wait_until(late, sa_deadline_in(5000), &value);
+    cr_assert(status == SA_ECANCELED || (status == 0 && value == &marker),
+              "SA-HOME-4: a call made while the home stopped got %d (%s), not an answer",
+              status, sa_strerror(status));
+    cr_assert_eq(sa_future_release(late), 0);
+  }
+}
