@@ -252,3 +252,84 @@ Test(SA_ENTRY_6, sa_home_call, .timeout = 60) {
   check_no_growth(home_round, "sa_home_call");
   cr_assert_eq(sa_home_stop(home), 0);
 }
+
+/* ---- calls delivered by a thread that made none, which then exits ------- */
+
+/* One thread makes sa_dispatch_then calls in a callback of an application
+ * loop and stops the loop; another runs the loop on, so the calls are
+ * delivered there, and exits: what the dispatcher kept for them on the
+ * delivering thread must go back when it exits. */
+#define HANDED_CALLS 1500
+#define HANDED_ROUNDS 4
+
+struct handed {
+  uv_loop_t loop;
+  uv_timer_t kick;
+  struct value_req reqs[HANDED_CALLS];
+  atomic_int delivered;
+};
+
+static void count_handed(sa_future_t f, int status, void *value, void *data) {
+  (void)f, (void)status, (void)value;
+  atomic_fetch_add(&((struct handed *)data)->delivered, 1);
+}
+
+static void make_handed_calls(uv_timer_t *kick) {
+  struct handed *h = kick->data;
+  for (int i = 0; i < HANDED_CALLS; i++) {
+    h->reqs[i] = (struct value_req){.when = SA_TEST_LATER, .delay_ms = 1};
+    sa_dispatch_then(&value_op, &h->reqs[i], SA_MODE_AUTO, NULL, count_handed, h);
+  }
+  uv_close((uv_handle_t *)kick, NULL);
+  uv_stop(kick->loop);
+}
+
+static void *make_calls_then_stop(void *arg) {
+  struct handed *h = arg;
+  uv_timer_init(&h->loop, &h->kick);
+  h->kick.data = h;
+  uv_timer_start(&h->kick, make_handed_calls, 0, 0);
+  sa_run(&h->loop, UV_RUN_DEFAULT);
+  return NULL;
+}
+
+static void *deliver_and_exit(void *arg) {
+  struct handed *h = arg;
+  sa_run(&h->loop, UV_RUN_DEFAULT);
+  return NULL;
+}
+
+static void handed_round(struct handed *h) {
+  pthread_t maker, deliverer;
+  cr_assert_eq(uv_loop_init(&h->loop), 0);
+  atomic_store(&h->delivered, 0);
+  cr_assert_eq(pthread_create(&maker, NULL, make_calls_then_stop, h), 0);
+  cr_assert_eq(pthread_join(maker, NULL), 0);
+  cr_assert_eq(pthread_create(&deliverer, NULL, deliver_and_exit, h), 0);
+  cr_assert_eq(pthread_join(deliverer, NULL), 0);
+  cr_assert_eq(atomic_load(&h->delivered), HANDED_CALLS,
+               "%d of %d calls delivered by the thread that ran the loop on",
+               atomic_load(&h->delivered), HANDED_CALLS);
+  cr_assert_eq(sa_loop_close(&h->loop), 0);
+}
+
+Test(SA_ENTRY_6, calls_delivered_by_a_thread_that_exits, .timeout = 60) {
+  static struct handed h;
+  handed_round(&h); /* warm */
+  size_t heap_before = mallinfo2().uordblks;
+  long data_before = data_kib();
+  for (int i = 0; i < HANDED_ROUNDS; i++)
+    handed_round(&h);
+  long heap_grown = (long)(mallinfo2().uordblks - heap_before);
+  cr_assert_lt(heap_grown, GROWTH_LIMIT,
+               "SA-ENTRY-6: %d calls delivered by threads that then exited left %ld bytes "
+               "of heap behind",
+               HANDED_ROUNDS * HANDED_CALLS, heap_grown);
+  if (RUNNING_ON_VALGRIND) /* valgrind's own memory grows the segment */
+    return;
+  long data_grown = data_kib() - data_before;
+  cr_assert_lt(data_grown, DATA_GROWTH_LIMIT_KIB,
+               "SA-ENTRY-6: %d calls delivered by threads that then exited grew the data "
+               "segment by %ld KiB",
+               HANDED_ROUNDS * HANDED_CALLS, data_grown);
+}
