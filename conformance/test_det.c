@@ -155,6 +155,29 @@ Test(SA_DET_4, leaving_the_loop_restores_sync_context) {
   }
 }
 
+/* SA-DET-4: once a loop has run on the thread and returned, a sync call's
+ * op runs in async context on the call's own loop, not on the loop that
+ * ran before: what the op sees, and so what its own calls do, is of the
+ * present moment. */
+static void det4_nothing(uv_loop_t *loop, void *data) {
+  (void)loop;
+  (void)data;
+}
+
+Test(SA_DET_4, sync_call_after_a_loop_ran_sees_its_own_loop) {
+  for (int i = 0; i < 3; i++) {
+    struct value_req warm = {.when = sa_test_whens[i]};
+    cr_assert_eq(sa_dispatch(&value_op, &warm, SA_MODE_SYNC, NULL, NULL), 0);
+    sa_test_in_loop(det4_nothing, NULL);
+    struct value_req req = {.when = sa_test_whens[i]};
+    cr_assert_eq(sa_dispatch(&value_op, &req, SA_MODE_AUTO, NULL, &(sa_future_t){0}), 0);
+    cr_assert_eq(req.loop_at_start, req.start_loop,
+                 "SA-DET-4 (%s): inside a sync call made after a loop ran on the thread, "
+                 "sa_current_loop() is not the call's loop",
+                 sa_test_when_name(sa_test_whens[i]));
+  }
+}
+
 /* SA-DET-5: one thread sits inside a loop callback while another
  * dispatches in auto mode from plain code, at the same moment. */
 struct det5 {

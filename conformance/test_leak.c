@@ -333,3 +333,53 @@ Test(SA_ENTRY_6, calls_delivered_by_a_thread_that_exits, .timeout = 60) {
                "segment by %ld KiB",
                HANDED_ROUNDS * HANDED_CALLS, data_grown);
 }
+
+/* ---- futures released by a thread that made no call, which then exits -- */
+
+#define RELEASED_FUTURES 1500
+
+struct releaser {
+  sa_future_t futures[RELEASED_FUTURES];
+  int failed;
+};
+
+static void *release_all_and_exit(void *arg) {
+  struct releaser *r = arg;
+  for (int i = 0; i < RELEASED_FUTURES; i++)
+    r->failed += sa_future_release(r->futures[i]) != 0;
+  return NULL;
+}
+
+static void released_round(struct releaser *r) {
+  static struct value_req req = {.when = SA_TEST_INLINE};
+  for (int i = 0; i < RELEASED_FUTURES; i++) {
+    cr_assert_eq(sa_dispatch(&value_op, &req, SA_MODE_ASYNC, NULL, &r->futures[i]), SA_PENDING);
+    cr_assert_eq(sa_future_wait(r->futures[i], NULL), 0);
+  }
+  pthread_t releaser;
+  r->failed = 0;
+  cr_assert_eq(pthread_create(&releaser, NULL, release_all_and_exit, r), 0);
+  cr_assert_eq(pthread_join(releaser, NULL), 0);
+  cr_assert_eq(r->failed, 0, "SA-FUT-6: %d releases from another thread failed", r->failed);
+}
+
+Test(SA_ENTRY_6, futures_released_by_a_thread_that_exits, .timeout = 60) {
+  static struct releaser r;
+  released_round(&r); /* warm */
+  size_t heap_before = mallinfo2().uordblks;
+  long data_before = data_kib();
+  for (int i = 0; i < HANDED_ROUNDS; i++)
+    released_round(&r);
+  long heap_grown = (long)(mallinfo2().uordblks - heap_before);
+  cr_assert_lt(heap_grown, GROWTH_LIMIT,
+               "SA-ENTRY-6: %d futures released by threads that then exited left %ld bytes "
+               "of heap behind",
+               HANDED_ROUNDS * RELEASED_FUTURES, heap_grown);
+  if (RUNNING_ON_VALGRIND) /* valgrind's own memory grows the segment */
+    return;
+  long data_grown = data_kib() - data_before;
+  cr_assert_lt(data_grown, DATA_GROWTH_LIMIT_KIB,
+               "SA-ENTRY-6: %d futures released by threads that then exited grew the data "
+               "segment by %ld KiB",
+               HANDED_ROUNDS * RELEASED_FUTURES, data_grown);
+}

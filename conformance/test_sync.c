@@ -243,3 +243,30 @@ Test(SA_SYNC_5, op_runs_in_async_context_and_composes) {
     cr_assert_eq(value, &c, "SA-SYNC-5 (%s): composite value lost", w);
   }
 }
+
+/* SA-SYNC-3: the same loop also after a sync call nested in another sync
+ * call's op, which needs a private loop of its own: plain code's next sync
+ * calls are back on the loop they used before. */
+static void nesting_start(sa_call_t *call, uv_loop_t *loop, void *arg) {
+  (void)loop;
+  struct value_req *inner = arg;
+  sa_complete(call, sa_dispatch(&value_op, inner, SA_MODE_SYNC, NULL, NULL), NULL);
+}
+
+static const sa_op_t nesting_op = {nesting_start, NULL};
+
+Test(SA_SYNC_3, same_loop_after_a_nested_sync_call) {
+  struct value_req first = {.when = SA_TEST_NEXT_TICK};
+  cr_assert_eq(sa_dispatch(&value_op, &first, SA_MODE_SYNC, NULL, NULL), 0);
+  struct value_req inner = {.when = SA_TEST_NEXT_TICK};
+  cr_assert_eq(sa_dispatch(&nesting_op, &inner, SA_MODE_SYNC, NULL, NULL), 0);
+  cr_assert_neq(inner.start_loop, first.start_loop, "SA-MODE-2: a nested sync call re-entered");
+  for (int i = 0; i < 3; i++) {
+    struct value_req req = {.when = sa_test_whens[i]};
+    cr_assert_eq(sa_dispatch(&value_op, &req, SA_MODE_AUTO, NULL, &(sa_future_t){0}), 0);
+    cr_assert_eq(req.start_loop, first.start_loop,
+                 "SA-SYNC-3 (%s): after a nested sync call, plain code's sync call used "
+                 "another loop",
+                 sa_test_when_name(sa_test_whens[i]));
+  }
+}
