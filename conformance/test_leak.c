@@ -383,3 +383,36 @@ Test(SA_ENTRY_6, futures_released_by_a_thread_that_exits, .timeout = 60) {
                "segment by %ld KiB",
                HANDED_ROUNDS * RELEASED_FUTURES, data_grown);
 }
+
+/* ---- many quick sync calls with a deadline ------------------------------ */
+
+/* A sync call with a deadline may need what an async call needs (a
+ * record, a timer): thousands of quick ones, so that records taken in
+ * blocks of a thousand would show. */
+#define DEADLINE_CALLS 2500
+
+static void deadline_calls(int rounds) {
+  for (int i = 0; i < rounds; i++) {
+    struct value_req req = {.when = i % 2 ? SA_TEST_INLINE : SA_TEST_NEXT_TICK, .status = -8};
+    cr_assert_eq(sa_dispatch_until(&value_op, &req, SA_MODE_SYNC, sa_deadline_in(1000), NULL,
+                                   NULL),
+                 -8);
+  }
+}
+
+Test(SA_ENTRY_6, many_sync_calls_with_a_deadline, .timeout = 60) {
+  deadline_calls(WARM_UP);
+  size_t heap_before = mallinfo2().uordblks;
+  long data_before = data_kib();
+  deadline_calls(DEADLINE_CALLS);
+  long heap_grown = (long)(mallinfo2().uordblks - heap_before);
+  cr_assert_lt(heap_grown, GROWTH_LIMIT,
+               "SA-ENTRY-6: %d sync calls with a deadline left %ld bytes of heap behind",
+               DEADLINE_CALLS, heap_grown);
+  if (RUNNING_ON_VALGRIND) /* valgrind's own memory grows the segment */
+    return;
+  long data_grown = data_kib() - data_before;
+  cr_assert_lt(data_grown, DATA_GROWTH_LIMIT_KIB,
+               "SA-ENTRY-6: %d sync calls with a deadline grew the data segment by %ld KiB",
+               DEADLINE_CALLS, data_grown);
+}
