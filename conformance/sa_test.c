@@ -142,6 +142,21 @@ void sa_test_in_loop(sa_test_in_loop_fn fn, void *data) {
   cr_assert_eq(rc, 0, "sa_loop_close: %s", sa_strerror(rc));
 }
 
+long sa_test_status_kib(const char *field) {
+  FILE *f = fopen("/proc/self/status", "r");
+  cr_assert_not_null(f);
+  char line[256];
+  size_t len = strlen(field);
+  long kib = -1;
+  while (kib < 0 && fgets(line, sizeof line, f))
+    if (strncmp(line, field, len) != 0 || line[len] != ':' ||
+        sscanf(line + len + 1, "%ld kB", &kib) != 1)
+      kib = -1;
+  fclose(f);
+  cr_assert_geq(kib, 0, "no %s in /proc/self/status", field);
+  return kib;
+}
+
 int sa_test_count_fds(void) {
   /* libuv opens a process-wide signal pipe with the first loop: open it now
    * so that it is in every count. */

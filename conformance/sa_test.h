@@ -75,4 +75,7 @@ void record_cont(sa_future_t future, int status, void *value, void *data);
 /* Open file descriptors of this process, libuv's process-wide ones included. */
 int sa_test_count_fds(void);
 
+/* A field of /proc/self/status given in kB ("VmData", "VmSize"). */
+long sa_test_status_kib(const char *field);
+
 #endif

@@ -9,7 +9,6 @@
 #include <fcntl.h>
 #include <malloc.h>
 #include <pthread.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -23,23 +22,10 @@
 #define ITEMS (4u << 20)
 #define ROOM (16u << 20) /* address space left once the limit is set */
 
-static long vm_size_kib(void) {
-  FILE *f = fopen("/proc/self/status", "r");
-  cr_assert_not_null(f);
-  char line[256];
-  long kib = -1;
-  while (kib < 0 && fgets(line, sizeof line, f))
-    if (sscanf(line, "VmSize: %ld kB", &kib) != 1)
-      kib = -1;
-  fclose(f);
-  cr_assert_geq(kib, 0, "no VmSize in /proc/self/status");
-  return kib;
-}
-
 static struct rlimit limit_address_space(void) {
   struct rlimit old;
   cr_assert_eq(getrlimit(RLIMIT_AS, &old), 0);
-  struct rlimit tight = {(rlim_t)vm_size_kib() * 1024 + ROOM, old.rlim_max};
+  struct rlimit tight = {(rlim_t)sa_test_status_kib("VmSize") * 1024 + ROOM, old.rlim_max};
   cr_assert_eq(setrlimit(RLIMIT_AS, &tight), 0);
   return old;
 }
@@ -183,7 +169,7 @@ Test(SA_ERR_4, home_start_without_descriptors) {
   cr_assert_eq(sa_home_stop(home), 0);
   static struct fd_hold hold;
   size_t heap_before = mallinfo2().uordblks;
-  long vm_before = vm_size_kib();
+  long vm_before = sa_test_status_kib("VmSize");
   const char *setup_failed = exhaust_descriptors(&hold);
   int started = 0, last = 0;
   for (int i = 0; i < HOME_TRIES && !setup_failed; i++) {
@@ -196,7 +182,7 @@ Test(SA_ERR_4, home_start_without_descriptors) {
   restore_descriptors(&hold);
   cr_assert_null(setup_failed, "test set-up: %s", setup_failed);
   long heap_grown = (long)(mallinfo2().uordblks - heap_before);
-  long vm_grown = vm_size_kib() - vm_before;
+  long vm_grown = sa_test_status_kib("VmSize") - vm_before;
   cr_assert(last < 0 || started == HOME_TRIES,
             "SA-ERR-4: sa_home_start with no descriptor left gave %d", last);
   cr_assert_lt(heap_grown, HOME_HEAP_LIMIT,
