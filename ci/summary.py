@@ -142,8 +142,9 @@ def print_growth(growth):
         print(f"  churn         {k:>2} at a time: one sync call adds "
               f"{fmt_interval(*ch['extra_ns'])} per thread")
     m = growth["memory"]
-    print("  memory        " + ", ".join(f"{fmt_bytes(v['heap'])} per {k}" for k, v in m.items())
-          + " (100,000 pending)")
+    print("  memory        " + ", ".join(f"{fmt_bytes(v['rss'])} per {k}" for k, v in m.items())
+          + " (resident, 100,000 pending; heap alone: "
+          + ", ".join(fmt_bytes(v["heap"]) for v in m.values()) + ")")
     rss = m["pending future"]["rss_bytes"]
     print(f"  spike         RSS {fmt_bytes(rss[0])} before, {fmt_bytes(rss[1])} at the peak, "
           f"{fmt_bytes(rss[2])} after 100,000 pending futures")
