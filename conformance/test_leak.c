@@ -391,3 +391,34 @@ Test(SA_ENTRY_6, many_sync_calls_with_a_deadline, .timeout = 60) {
   deadline_calls(DEADLINE_CALLS);
   check_footprint(before, DEADLINE_CALLS, "sync calls with a deadline");
 }
+
+/* ---- spikes of pending calls, one after another ------------------------- */
+
+/* Thousands of calls pending at once, then all delivered and released, and
+ * again: what a spike took is reused or given back, and calls work after
+ * it as before (an implementation that gives memory back must not lose
+ * what it still needs). */
+#define SPIKE 6000
+#define SPIKES 3
+
+static void spike(void) {
+  static sa_future_t futures[SPIKE];
+  static struct value_req req = {.when = SA_TEST_INLINE, .status = -12};
+  for (int i = 0; i < SPIKE; i++)
+    cr_assert_eq(sa_dispatch(&value_op, &req, SA_MODE_ASYNC, NULL, &futures[i]), SA_PENDING);
+  for (int i = 0; i < SPIKE; i++) {
+    cr_assert_eq(sa_future_wait(futures[i], NULL), -12, "call %d of a spike", i);
+    cr_assert_eq(sa_future_release(futures[i]), 0);
+  }
+  for (int i = 0; i < SPIKE; i += SPIKE / 8)
+    cr_assert_eq(sa_future_status(futures[i], NULL), SA_ESTALE,
+                 "SA-FUT-6: a future released after a spike is not stale");
+}
+
+Test(SA_ENTRY_6, spikes_of_pending_calls, .timeout = 60) {
+  spike(); /* warm */
+  struct footprint before = footprint_now();
+  for (int i = 0; i < SPIKES; i++)
+    spike();
+  check_footprint(before, SPIKES * SPIKE, "calls in spikes of thousands pending");
+}
