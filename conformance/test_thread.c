@@ -354,3 +354,85 @@ Test(SA_THR_2, futures_after_cleanup_and_cleanup_in_async_context) {
   cr_assert_eq(sa_future_release(f), 0);
   cr_assert_eq(sa_thread_cleanup(), 0);
 }
+
+/* SA-THR-2: a thread exits while calls of it are pending (through a future
+ * and through sa_dispatch_then), their op's hook finishing a little later, and another op keeps an active repeating timer
+ * on the thread's private loop: the wind-down waits for the hooked calls,
+ * not for the timer, which never ends, and the thread goes. */
+#define LATE_HOOK_MS 5
+
+struct late_hook {
+  uv_timer_t timer;
+  sa_call_t *call;
+};
+
+static uv_timer_t forever;
+
+static void tick_on(uv_timer_t *timer) { (void)timer; }
+
+static void keep_ticking_start(sa_call_t *call, uv_loop_t *loop, void *arg) {
+  (void)arg;
+  uv_timer_init(loop, &forever);
+  uv_timer_start(&forever, tick_on, 1, 1);
+  sa_complete(call, 0, NULL);
+}
+
+static const sa_op_t keep_ticking_op = {keep_ticking_start, NULL};
+
+static void late_hook_start(sa_call_t *call, uv_loop_t *loop, void *arg) {
+  struct late_hook *h = arg;
+  h->call = call;
+  uv_timer_init(loop, &h->timer);
+}
+
+static void late_hook_fire(uv_timer_t *timer) {
+  struct late_hook *h = (struct late_hook *)timer;
+  sa_complete(h->call, SA_ECANCELED, NULL);
+  uv_close((uv_handle_t *)timer, NULL);
+}
+
+static void late_hook_cancel(sa_call_t *call, uv_loop_t *loop, void *arg) {
+  (void)call;
+  (void)loop;
+  struct late_hook *h = arg;
+  uv_timer_start(&h->timer, late_hook_fire, LATE_HOOK_MS, 0);
+}
+
+static const sa_op_t late_hook_op = {late_hook_start, late_hook_cancel};
+
+struct ticking_exit {
+  struct late_hook hook, then_hook;
+  struct cont_rec cont, then_cont;
+  sa_future_t f;
+};
+
+static void *exit_while_ticking(void *arg) {
+  struct ticking_exit *x = arg;
+  cr_assert_eq(sa_dispatch(&keep_ticking_op, NULL, SA_MODE_SYNC, NULL, NULL), 0);
+  cr_assert_eq(sa_dispatch(&late_hook_op, &x->hook, SA_MODE_ASYNC, NULL, &x->f), SA_PENDING);
+  cr_assert_eq(sa_future_then(x->f, record_cont, &x->cont), 0);
+  cr_assert_eq(sa_dispatch_then(&late_hook_op, &x->then_hook, SA_MODE_ASYNC, NULL, record_cont,
+                                &x->then_cont),
+               SA_PENDING);
+  return NULL;
+}
+
+Test(SA_THR_2, exit_waits_for_hooks_not_for_handles_kept_active) {
+  static struct ticking_exit x;
+  pthread_t t;
+  cr_assert_eq(pthread_create(&t, NULL, exit_while_ticking, &x), 0);
+  struct timespec limit;
+  clock_gettime(CLOCK_REALTIME, &limit);
+  limit.tv_sec += 10;
+  cr_assert_eq(pthread_timedjoin_np(t, NULL, &limit), 0,
+               "SA-THR-2: a thread whose private loop keeps an active timer never finished "
+               "exiting");
+  cr_assert_eq(x.cont.calls, 1, "SA-THR-2: the pending call was delivered %d times",
+               x.cont.calls);
+  cr_assert_eq(x.cont.status, SA_ECANCELED);
+  cr_assert_eq(x.then_cont.calls, 1,
+               "SA-THR-2: the pending sa_dispatch_then call was delivered %d times",
+               x.then_cont.calls);
+  cr_assert_eq(x.then_cont.status, SA_ECANCELED);
+  cr_assert_eq(sa_future_release(x.f), 0);
+}
