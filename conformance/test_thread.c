@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <time.h>
 #include <unistd.h>
+#include <valgrind/valgrind.h>
 
 #define THREADS 8
 #define CALLS 60
@@ -435,4 +436,63 @@ Test(SA_THR_2, exit_waits_for_hooks_not_for_handles_kept_active) {
                x.then_cont.calls);
   cr_assert_eq(x.then_cont.status, SA_ECANCELED);
   cr_assert_eq(sa_future_release(x.f), 0);
+}
+
+/* SA-THR-2: a thread exits while ops without a cancel hook still run for
+ * calls that timed out: the results they gave (SA_ETIMEDOUT) stand, and
+ * nothing of the calls stays behind the thread, however many there were.
+ * Thousands of them, so that records taken in blocks of a thousand show. */
+#define HELD_AT_EXIT 2500
+#define HELD_ROUNDS 3
+
+/* An op that never completes and holds nothing: only the exit ends it. */
+static void never_start(sa_call_t *call, uv_loop_t *loop, void *arg) {
+  (void)call, (void)loop, (void)arg;
+}
+
+static const sa_op_t never_op = {never_start, NULL};
+
+struct held_exit {
+  sa_future_t kept; /* one future kept past the exit: its result stands */
+  int wrong;
+};
+
+static void *exit_with_timed_out_calls(void *arg) {
+  struct held_exit *h = arg;
+  h->wrong = 0;
+  for (int i = 0; i < HELD_AT_EXIT; i++) {
+    sa_future_t f;
+    if (sa_dispatch_until(&never_op, NULL, SA_MODE_ASYNC, 0, NULL, &f) != SA_PENDING ||
+        sa_future_wait(f, NULL) != SA_ETIMEDOUT)
+      h->wrong++;
+    if (i == 0)
+      h->kept = f;
+    else if (sa_future_release(f) != 0)
+      h->wrong++;
+  }
+  return NULL;
+}
+
+static void held_exit_round(struct held_exit *h) {
+  pthread_t t;
+  cr_assert_eq(pthread_create(&t, NULL, exit_with_timed_out_calls, h), 0);
+  cr_assert_eq(pthread_join(t, NULL), 0);
+  cr_assert_eq(h->wrong, 0, "SA-DL-2: %d calls did not time out as they should", h->wrong);
+  cr_assert_eq(sa_future_status(h->kept, NULL), SA_ETIMEDOUT,
+               "SA-THR-2: a timed-out call's result changed when its thread exited");
+  cr_assert_eq(sa_future_release(h->kept), 0);
+}
+
+Test(SA_THR_2, exit_with_timed_out_calls_running_leaves_nothing_behind, .timeout = 60) {
+  static struct held_exit h;
+  held_exit_round(&h); /* warm */
+  long data_before = sa_test_status_kib("VmData");
+  for (int i = 0; i < HELD_ROUNDS; i++)
+    held_exit_round(&h);
+  long grown = sa_test_status_kib("VmData") - data_before;
+  if (!RUNNING_ON_VALGRIND) /* valgrind's own memory is counted there */
+    cr_assert_lt(grown, 192,
+                 "SA-THR-2: %d threads that exited with %d timed-out calls running each grew "
+                 "the data segment by %ld KiB",
+                 HELD_ROUNDS, HELD_AT_EXIT, grown);
 }
