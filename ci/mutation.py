@@ -71,20 +71,21 @@ def run(argv, deadline, env=None):
         except subprocess.TimeoutExpired:
             raise TimedOut(" ".join(argv[:2])) from None
         finally:
-            kill_session(p.pid)
+            kill_descendants(p.pid)
             p.wait()
         log.seek(0)
         return p.returncode, log.read().decode(errors="replace")
 
 
-def kill_session(sid):
-    """Kill what is left in the session: Criterion puts each test in a process
-    group of its own, and a hung one outlives its runner."""
+def kill_descendants(sid):
+    """Kill every process left with setsid() id `sid`, that of the run:
+    Criterion puts each test in a process group of its own, and a hung one
+    outlives its runner."""
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/stat") as f:
-                session = int(f.read().rsplit(")", 1)[1].split()[3])
-            if session == sid:
+                pid_sid = int(f.read().rsplit(")", 1)[1].split()[3])
+            if pid_sid == sid:
                 os.kill(int(pid), signal.SIGKILL)
         except (OSError, ValueError, IndexError):
             pass  # gone meanwhile
