@@ -193,6 +193,16 @@ static void check_footprint(struct footprint before, int calls, const char *what
                "SA-ENTRY-6: %d %s grew the data segment by %ld KiB", calls, what, data_grown);
 }
 
+/* `round` once to warm up, then `rounds` times more: `calls` calls of
+ * `what` in all, checked as check_footprint() says. */
+static void check_rounds(void (*round)(void), int rounds, int calls, const char *what) {
+  round();
+  struct footprint before = footprint_now();
+  for (int i = 0; i < rounds; i++)
+    round();
+  check_footprint(before, calls, what);
+}
+
 /* Calls the dispatcher alone ends, on the private loop that later sync
  * calls drive: the loser of a first-wins batch whose items have no cancel
  * hook, let go by the batch; and a hook-less op timed out, its future
@@ -306,7 +316,10 @@ static void *deliver_and_exit(void *arg) {
   return NULL;
 }
 
-static void handed_round(struct handed *h) {
+static struct handed handed;
+
+static void handed_round(void) {
+  struct handed *h = &handed;
   pthread_t maker, deliverer;
   cr_assert_eq(uv_loop_init(&h->loop), 0);
   atomic_store(&h->delivered, 0);
@@ -321,13 +334,8 @@ static void handed_round(struct handed *h) {
 }
 
 Test(SA_ENTRY_6, calls_delivered_by_a_thread_that_exits, .timeout = 60) {
-  static struct handed h;
-  handed_round(&h); /* warm */
-  struct footprint before = footprint_now();
-  for (int i = 0; i < HANDED_ROUNDS; i++)
-    handed_round(&h);
-  check_footprint(before, HANDED_ROUNDS * HANDED_CALLS,
-                  "calls delivered by threads that then exited");
+  check_rounds(handed_round, HANDED_ROUNDS, HANDED_ROUNDS * HANDED_CALLS,
+               "calls delivered by threads that then exited");
 }
 
 /* ---- futures released by a thread that made no call, which then exits -- */
@@ -346,27 +354,25 @@ static void *release_all_and_exit(void *arg) {
   return NULL;
 }
 
-static void released_round(struct releaser *r) {
+static struct releaser releaser;
+
+static void released_round(void) {
+  struct releaser *r = &releaser;
   static struct value_req req = {.when = SA_TEST_INLINE};
   for (int i = 0; i < RELEASED_FUTURES; i++) {
     cr_assert_eq(sa_dispatch(&value_op, &req, SA_MODE_ASYNC, NULL, &r->futures[i]), SA_PENDING);
     cr_assert_eq(sa_future_wait(r->futures[i], NULL), 0);
   }
-  pthread_t releaser;
+  pthread_t thread;
   r->failed = 0;
-  cr_assert_eq(pthread_create(&releaser, NULL, release_all_and_exit, r), 0);
-  cr_assert_eq(pthread_join(releaser, NULL), 0);
+  cr_assert_eq(pthread_create(&thread, NULL, release_all_and_exit, r), 0);
+  cr_assert_eq(pthread_join(thread, NULL), 0);
   cr_assert_eq(r->failed, 0, "SA-FUT-6: %d releases from another thread failed", r->failed);
 }
 
 Test(SA_ENTRY_6, futures_released_by_a_thread_that_exits, .timeout = 60) {
-  static struct releaser r;
-  released_round(&r); /* warm */
-  struct footprint before = footprint_now();
-  for (int i = 0; i < HANDED_ROUNDS; i++)
-    released_round(&r);
-  check_footprint(before, HANDED_ROUNDS * RELEASED_FUTURES,
-                  "futures released by threads that then exited");
+  check_rounds(released_round, HANDED_ROUNDS, HANDED_ROUNDS * RELEASED_FUTURES,
+               "futures released by threads that then exited");
 }
 
 /* ---- many quick sync calls with a deadline ------------------------------ */
@@ -416,9 +422,5 @@ static void spike(void) {
 }
 
 Test(SA_ENTRY_6, spikes_of_pending_calls, .timeout = 60) {
-  spike(); /* warm */
-  struct footprint before = footprint_now();
-  for (int i = 0; i < SPIKES; i++)
-    spike();
-  check_footprint(before, SPIKES * SPIKE, "calls in spikes of thousands pending");
+  check_rounds(spike, SPIKES, SPIKES * SPIKE, "calls in spikes of thousands pending");
 }
