@@ -100,6 +100,10 @@ cmake_impl() {
   cmake -S . -B "$dir" -DSA_IMPL="$impl" ${include:+"-DSA_IMPL_INCLUDE_DIR=$include"} "$@"
 }
 
+# Why TSan runs are not made for a library given without --impl-tsan.
+tsan_not_instrumented="the library is not instrumented: give it built with -fsanitize=thread \
+(--impl-tsan)"
+
 # cmake_impl_tsan BUILD_DIR [ARG...]: as cmake_impl, for a TSan tree.
 cmake_impl_tsan() {
   dir="$1"
