@@ -231,6 +231,34 @@ Test(SA_FUT_6, misuse_returns_error_codes) {
                "SA-FUT-6: forged handle not SA_ESTALE");
 }
 
+/* SA-ENTRY-5: a released handle stays stale however often its call's slot
+ * is reused: rounds of thousands of futures, each ended and released, and
+ * while the next round's calls are pending every earlier round's handle is
+ * checked. A dispatcher that recycles its records in bulk, or gives their
+ * memory back and takes it again, must not let an old handle name a new
+ * call. */
+#define REUSE_ROUNDS 4
+#define REUSE_FUTURES 3000
+Test(SA_ENTRY_5, released_handles_stay_stale_while_their_slots_are_reused, .timeout = 60) {
+  static sa_future_t made[REUSE_ROUNDS][REUSE_FUTURES];
+  struct value_req req = {.when = SA_TEST_NEXT_TICK};
+  for (int round = 0; round < REUSE_ROUNDS; round++) {
+    for (int i = 0; i < REUSE_FUTURES; i++)
+      cr_assert_eq(sa_dispatch(&value_op, &req, SA_MODE_ASYNC, NULL, &made[round][i]),
+                   SA_PENDING);
+    for (int earlier = 0; earlier < round; earlier++)
+      for (int i = 0; i < REUSE_FUTURES; i++)
+        cr_assert_eq(sa_future_status(made[earlier][i], NULL), SA_ESTALE,
+                     "SA-ENTRY-5: a handle of round %d, released, answered as a call of "
+                     "round %d",
+                     earlier, round);
+    for (int i = 0; i < REUSE_FUTURES; i++) {
+      cr_assert_eq(sa_future_wait(made[round][i], NULL), 0);
+      cr_assert_eq(sa_future_release(made[round][i]), 0);
+    }
+  }
+}
+
 /* SA-FUT-6: a future released while its call is pending is stale at once,
  * for every future function, on its own thread. */
 Test(SA_FUT_6, released_pending_future_is_stale_at_once) {

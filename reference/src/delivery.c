@@ -142,6 +142,7 @@ static void on_drain(uv_idle_t *idle) {
     r = next;
   }
   sa__cache_trim(t);
+  sa__cache_settle(t, ctx);
   if (pushed)
     sa__scope_pop(t);
 }

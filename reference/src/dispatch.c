@@ -285,6 +285,7 @@ static void notify_async(struct sa_thread *t, sa_call_t *call) {
   struct sa_ctx *ctx = sa__call_ctx(call);
   if (sa__top_ctx(t) == ctx) {
     sa__deliver(r);
+    sa__cache_settle(t, ctx);
     return;
   }
   int err;

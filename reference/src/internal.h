@@ -210,6 +210,7 @@ struct sa_thread {
   struct sa_private *priv[SA_MAX_SYNC_DEPTH];
   struct sa_future_rec *free_head; /* this thread's cache of pool records */
   unsigned free_count;
+  bool cache_spilled; /* the cache spilled since its last sa__cache_tidy() */
   bool exit_hook_set;
 };
 
@@ -277,6 +278,7 @@ SA_COLD void sa__set_exit_hook_slow(struct sa_thread *t);
 /* pool.c */
 SA_COLD int sa__cache_refill(struct sa_thread *t);
 SA_COLD void sa__cache_spill(struct sa_thread *t, unsigned keep);
+SA_COLD void sa__cache_tidy(struct sa_thread *t);
 
 /* context.c */
 void sa__ctx_alloc_init(struct sa_ctx *ctx);
@@ -412,6 +414,14 @@ static inline struct sa_future_rec *sa__rec_alloc(struct sa_thread *t) {
 static inline void sa__cache_trim(struct sa_thread *t) {
   if (SA_UNLIKELY(t->free_count > CACHE_HIGH))
     sa__cache_spill(t, CACHE_HIGH / 2);
+}
+
+/* After a delivery on ctx, by t in a scope on it: a burst that spilled t's
+ * cache is over once nothing is pending there; its last records would keep
+ * their chunks' pages [pool.c]. */
+static inline void sa__cache_settle(struct sa_thread *t, const struct sa_ctx *ctx) {
+  if (SA_UNLIKELY(t->cache_spilled) && ctx->npending == 0)
+    sa__cache_tidy(t);
 }
 
 static inline void sa__cache_put(struct sa_thread *t, struct sa_future_rec *r) {
