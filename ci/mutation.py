@@ -31,7 +31,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCES = "reference/src"
 EQUIVALENT = "ci/mutation-equivalent.txt"
 DEFINES = ["-D_POSIX_C_SOURCE=200809L"]  # as sa_add_patched_reference() builds it
-SCENARIOS = ("shared", "mixed", "churn", "futures", "cancel", "home", "fork")
+SCENARIOS = ("shared", "mixed", "churn", "futures", "cancel", "home", "fork", "bursts")
 
 
 def tool_options(tool):
@@ -143,6 +143,15 @@ def memcheck(runs):
     return killer
 
 
+def memory_targets(tree, work, deadline, known):
+    """The reference's memory targets (bench/growth.py --memory-only): what
+    SA-ENTRY-6 allows an implementation to keep for reuse, the reference
+    gives back; only these figures see a mutant that keeps it."""
+    rc, _ = run([sys.executable, "bench/growth.py", "--growth", f"{tree}/bench/bench_growth",
+                 "--memory-only", "--strict", "--out", os.path.join(work, "memory")], deadline)
+    return {"memory targets"} if rc != 0 else set()
+
+
 def quick_stress(scenarios):
     return [(s, ["stress/sa_stress", s, "-t", "4", "-d", "1000"]) for s in scenarios]
 
@@ -171,6 +180,7 @@ KILLERS = [
     Killer("memcheck", "gcc", ("sa_model",),
            memcheck([("model", ["model/sa_model", "--inline", "--seed", "1", "--rounds", "150",
                                 "--timeout", "60"])])),
+    Killer("memory", "gcc", ("bench_growth",), memory_targets),
 ]
 
 

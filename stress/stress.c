@@ -21,6 +21,10 @@
  *   home     sync, async and cancelled calls from every thread on one home,
  *            which is stopped and restarted every 20 ms
  *   fork     fork() while other threads are mid-call; the child must work
+ *   bursts   loop threads start bursts of up to thousands of calls, of sizes
+ *            that repeat, grow and shrink, while other threads check that
+ *            the futures they released stay stale as their memory is
+ *            reused, given back and taken again
  *
  * The seed fixes every random choice (way of completing, cancel or not);
  * the interleaving is the scheduler's. Exit 0 when every check holds.
@@ -29,6 +33,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -903,6 +908,153 @@ static void scenario_fork(void) {
   printf("fork: %ld children\n", forks);
 }
 
+/* ---- scenario: bursts --------------------------------------------------- */
+
+/* Bursters run loops that start, tick after tick, a burst of calls (a future
+ * each, released by its continuation) of a size that repeats the last, is
+ * within a thread's cache, or is anything up to BURST_MAX: a dispatcher that
+ * keeps memory for bursts that repeat and gives back what bigger ones took
+ * does both, on several threads at once. A sample of the released handles
+ * goes to a ring, where readers on other threads check that each stays
+ * stale [SA-ENTRY-5]: never answers as the new call of its slot. */
+#define BURST_MAX 6000
+#define BURST_REPEAT 1500
+#define STALE_RING 512
+
+static struct {
+  pthread_mutex_t mutex;
+  sa_future_t released[STALE_RING];
+  unsigned next;
+  atomic_int bursters_left;
+  atomic_long checks;
+} stale = {PTHREAD_MUTEX_INITIALIZER, {{0}}, 0, 0, 0};
+
+struct burster;
+
+struct burst_job {
+  struct job job;
+  struct burster *b;
+};
+
+struct burster {
+  int index;
+  unsigned rng;
+  long tag;
+  uv_timer_t tick;
+  struct burst_job *jobs; /* BURST_MAX */
+  int outstanding;
+};
+
+static void burst_tick(uv_timer_t *timer);
+
+static void stale_post(sa_future_t f) {
+  pthread_mutex_lock(&stale.mutex);
+  stale.released[stale.next++ % STALE_RING] = f;
+  pthread_mutex_unlock(&stale.mutex);
+}
+
+static void burst_delivered(sa_future_t f, int status, void *value, void *data) {
+  struct burst_job *bj = data;
+  struct burster *b = bj->b;
+  check_result(&bj->job, status, value, "burst delivery");
+  if (atomic_load(&bj->job.completions) != 1)
+    FAIL("burst tag %ld completed %d times", bj->job.tag, atomic_load(&bj->job.completions));
+  atomic_fetch_add(&calls_ok, 1);
+  int rc = sa_future_release(f);
+  if (rc)
+    FAIL("burst: release in the continuation: %s", sa_strerror(rc));
+  else if (next_rand(&b->rng) % 8 == 0)
+    stale_post(f);
+  if (--b->outstanding == 0)
+    uv_timer_start(&b->tick, burst_tick, 0, 0);
+}
+
+static int burst_size(unsigned *rng) {
+  switch (next_rand(rng) % 4) {
+  case 0: return BURST_REPEAT;
+  case 1: return 1 + (int)(next_rand(rng) % 500);
+  default: return 1 + (int)(next_rand(rng) % BURST_MAX);
+  }
+}
+
+static void burst_tick(uv_timer_t *timer) {
+  struct burster *b = timer->data;
+  if (!time_left()) {
+    uv_close((uv_handle_t *)timer, NULL);
+    return;
+  }
+  int n = burst_size(&b->rng);
+  b->outstanding = n;
+  for (int i = 0; i < n; i++) {
+    struct burst_job *bj = &b->jobs[i];
+    sa_future_t f;
+    job_init(&bj->job, &b->rng, b->index * 100000000L + b->tag++);
+    bj->b = b;
+    atomic_fetch_add(&calls_started, 1);
+    if (sa_dispatch(&job_op, &bj->job, SA_MODE_AUTO, NULL, &f) != SA_PENDING ||
+        sa_future_then(f, burst_delivered, bj) != 0) {
+      FAIL("burst: an auto call in a loop did not return a future that takes a continuation");
+      b->outstanding--;
+    }
+  }
+  if (b->outstanding == 0)
+    uv_timer_start(timer, burst_tick, 0, 0);
+}
+
+static void *burster_thread(void *arg) {
+  struct burster *b = arg;
+  b->rng = thread_seed(b->index);
+  b->jobs = calloc(BURST_MAX, sizeof *b->jobs);
+  int rc = run_ticking_loop(&b->tick, b, burst_tick, 0);
+  if (rc)
+    FAIL("burster %d: sa_loop_close: %s", b->index, sa_strerror(rc));
+  free(b->jobs);
+  atomic_fetch_sub(&stale.bursters_left, 1);
+  return NULL; /* the thread's exit gives its records back meanwhile */
+}
+
+/* A released handle: every function that reads or acts on it answers
+ * SA_ESTALE. (Not sa_future_release: on a dispatcher where the handle
+ * named a new call, that call would be lost and its burst never end.) */
+static void *stale_reader(void *arg) {
+  unsigned rng = thread_seed((int)(intptr_t)arg);
+  while (atomic_load(&stale.bursters_left) > 0) {
+    pthread_mutex_lock(&stale.mutex);
+    sa_future_t f = stale.released[next_rand(&rng) % STALE_RING];
+    pthread_mutex_unlock(&stale.mutex);
+    if (f.id == 0) {
+      sched_yield();
+      continue;
+    }
+    void *value = NULL;
+    int status = sa_future_status(f, &value), cancel = sa_future_cancel(f);
+    if (status != SA_ESTALE || cancel != SA_ESTALE)
+      FAIL("a released future answered status %s, cancel %s: as a new call of its slot",
+           sa_strerror(status), sa_strerror(cancel));
+    atomic_fetch_add(&stale.checks, 1);
+  }
+  return NULL;
+}
+
+static void scenario_bursts(void) {
+  int bursters = opt.threads / 2 > 0 ? opt.threads / 2 : 1;
+  int readers = opt.threads - bursters > 0 ? opt.threads - bursters : 1;
+  struct burster *b = calloc((size_t)bursters, sizeof *b);
+  pthread_t *t = calloc((size_t)(bursters + readers), sizeof *t);
+  atomic_store(&stale.bursters_left, bursters);
+  for (int i = 0; i < bursters; i++) {
+    b[i].index = i;
+    pthread_create(&t[i], NULL, burster_thread, &b[i]);
+  }
+  for (int i = 0; i < readers; i++)
+    pthread_create(&t[bursters + i], NULL, stale_reader, (void *)(intptr_t)(bursters + i));
+  for (int i = 0; i < bursters + readers; i++)
+    pthread_join(t[i], NULL);
+  printf("bursts: %ld checks of released futures\n", atomic_load(&stale.checks));
+  free(b);
+  free(t);
+}
+
 /* ---- main --------------------------------------------------------------- */
 
 static const struct {
@@ -914,10 +1066,11 @@ static const struct {
                  {"futures", scenario_futures},
                  {"cancel", scenario_cancel},
                  {"home", scenario_home},
-                 {"fork", scenario_fork}};
+                 {"fork", scenario_fork},
+                 {"bursts", scenario_bursts}};
 
 static int usage(void) {
-  fprintf(stderr, "usage: sa_stress shared|mixed|churn|futures|cancel|home|fork "
+  fprintf(stderr, "usage: sa_stress shared|mixed|churn|futures|cancel|home|fork|bursts "
                   "[-t THREADS] [-d MILLISECONDS] [-s SEED]\n");
   return 2;
 }

@@ -210,7 +210,10 @@ struct sa_thread {
   struct sa_private *priv[SA_MAX_SYNC_DEPTH];
   struct sa_future_rec *free_head; /* this thread's cache of pool records */
   unsigned free_count;
-  bool cache_spilled; /* the cache spilled since its last sa__cache_tidy() */
+  /* Bursts of calls, as the cache sees them [pool.c: sa__cache_burst_over()]. */
+  bool cache_spilled;     /* the cache spilled in this burst */
+  unsigned burst_refills; /* records taken from the pool in this burst */
+  unsigned last_refills;  /* and in the burst before */
   bool exit_hook_set;
 };
 
@@ -278,7 +281,7 @@ SA_COLD void sa__set_exit_hook_slow(struct sa_thread *t);
 /* pool.c */
 SA_COLD int sa__cache_refill(struct sa_thread *t);
 SA_COLD void sa__cache_spill(struct sa_thread *t, unsigned keep);
-SA_COLD void sa__cache_tidy(struct sa_thread *t);
+SA_COLD void sa__cache_burst_over(struct sa_thread *t);
 
 /* context.c */
 void sa__ctx_alloc_init(struct sa_ctx *ctx);
@@ -416,12 +419,11 @@ static inline void sa__cache_trim(struct sa_thread *t) {
     sa__cache_spill(t, CACHE_HIGH / 2);
 }
 
-/* After a delivery on ctx, by t in a scope on it: a burst that spilled t's
- * cache is over once nothing is pending there; its last records would keep
- * their chunks' pages [pool.c]. */
+/* After a delivery on ctx, by t in a scope on it: a burst of calls that
+ * spilled t's cache is over once no call is pending there. */
 static inline void sa__cache_settle(struct sa_thread *t, const struct sa_ctx *ctx) {
   if (SA_UNLIKELY(t->cache_spilled) && ctx->npending == 0)
-    sa__cache_tidy(t);
+    sa__cache_burst_over(t);
 }
 
 static inline void sa__cache_put(struct sa_thread *t, struct sa_future_rec *r) {

@@ -9,12 +9,15 @@
  *   - A chunk's records are set up as they are first taken, in address
  *     order, so that a chunk touches only the pages its calls need.
  *   - Records are taken from the lowest chunks first, so that high chunks
- *     drain, and a chunk whose records are all back in the pool gives its
- *     pages back (madvise) at once.
+ *     drain, and a chunk whose records are all back gives its pages back
+ *     (madvise).
  *   - Records left in a thread's cache would keep their chunks' pages: when
- *     a loop on which the cache spilled has nothing pending any more, the
- *     burst is over, and the cache trades its records for a few of the
- *     lowest [sa__cache_tidy()].
+ *     a burst that spilled the cache is over (the loop it delivered on has
+ *     no call pending), the cache trades its records for a few of the
+ *     lowest [sa__cache_burst_over()].
+ *   - But a burst that repeats the one before it (it took no more than
+ *     twice as many records from the pool) gives nothing back: its pages
+ *     are the next one's, which would fault them in again.
  *
  * The mapping stays: a stale handle may be looked up at any time, by any
  * thread, and a record must stay readable. What such a reader sees:
@@ -48,8 +51,9 @@ pthread_mutex_t sa__pool_mutex = PTHREAD_MUTEX_INITIALIZER;
 _Atomic(struct sa_future_rec *) sa__chunks[MAX_CHUNKS];
 
 /* What the pool knows of a chunk (under sa__pool_mutex). Its records from
- * `fresh` on were not taken since its pages were mapped or given back: their
- * pages are untouched, and they are set up when taken. */
+ * `fresh` on were not taken since its pages were mapped or given back: they
+ * are set up when taken, and their pages (but the one a record set up
+ * before straddles) were not touched. */
 struct chunk_state {
   struct sa_future_rec *free; /* records back in the pool, below `fresh` */
   unsigned nfree;             /* records in the pool: on `free`, and from `fresh` on */
@@ -115,13 +119,14 @@ static struct sa_future_rec *chunk_take(unsigned c) {
   }
   r = &chunk_records(c)[s->fresh];
   uint64_t index = (c << CHUNK_BITS) + s->fresh++;
-  atomic_store_explicit(&r->word, (uint64_t)s->gen << 32 | (index + 1) << W_INDEX_SHIFT | W_FREE,
-                        memory_order_relaxed);
+  /* Read by other threads through handles that may be stale [sa__request()],
+   * the word from now on. */
   SA_ATOMIC_VARIABLE(&r->word, sizeof r->word);
-  /* Read by other threads through handles that may be stale [sa__request()]. */
   SA_ATOMIC_VARIABLE(&r->call.owner, sizeof r->call.owner);
   SA_ATOMIC_VARIABLE(&r->call.ctx, sizeof r->call.ctx);
   SA_ATOMIC_VARIABLE(&r->ctx_id, sizeof r->ctx_id);
+  atomic_store_explicit(&r->word, (uint64_t)s->gen << 32 | (index + 1) << W_INDEX_SHIFT | W_FREE,
+                        memory_order_relaxed);
   return r;
 }
 
@@ -151,8 +156,9 @@ static void cache_fill(struct sa_thread *t, unsigned want) {
 }
 
 /* Return the most recent records of t's cache to the pool, all but
- * `keep`. A chunk that has all its records back gives its pages back. */
-static void cache_return(struct sa_thread *t, unsigned keep) {
+ * `keep`. A chunk that has all its records back gives its pages back, if
+ * `give_back`; else it stays as it is, for the next burst. */
+static void cache_return(struct sa_thread *t, unsigned keep, bool give_back) {
   while (t->free_count > keep) {
     struct sa_future_rec *r = t->free_head;
     t->free_head = r->next;
@@ -163,9 +169,16 @@ static void cache_return(struct sa_thread *t, unsigned keep) {
     s->free = r;
     if (c < sa_lowest)
       sa_lowest = c;
-    if (++s->nfree == CHUNK_SIZE)
+    if (++s->nfree == CHUNK_SIZE && give_back)
       chunk_give_back(c);
   }
+}
+
+/* Whether t's burst so far took more than twice what the one before took
+ * from the pool: one that does not repeats it, and keeps the pages it used
+ * for the next rather than give them back and fault them in again. */
+static bool burst_outgrew_last(const struct sa_thread *t) {
+  return t->burst_refills / 2 > t->last_refills;
 }
 
 SA_COLD int sa__cache_refill(struct sa_thread *t) {
@@ -173,6 +186,7 @@ SA_COLD int sa__cache_refill(struct sa_thread *t) {
   pthread_mutex_lock(&sa__pool_mutex);
   cache_fill(t, CACHE_REFILL);
   pthread_mutex_unlock(&sa__pool_mutex);
+  t->burst_refills += t->free_count;
   return t->free_count ? 0 : SA_ENOMEM;
 }
 
@@ -180,19 +194,33 @@ SA_COLD void sa__cache_spill(struct sa_thread *t, unsigned keep) {
   if (t->free_count <= keep)
     return;
   pthread_mutex_lock(&sa__pool_mutex);
-  cache_return(t, keep);
+  cache_return(t, keep, keep == 0 || burst_outgrew_last(t));
   pthread_mutex_unlock(&sa__pool_mutex);
   t->cache_spilled = true;
 }
 
-/* All of t's records go back, their chunks' pages with them where they can,
- * and a few are taken again from the lowest chunks, set up afresh if need
- * be: those pages stay, few and low, until the next burst. */
-SA_COLD void sa__cache_tidy(struct sa_thread *t) {
+/* All of t's records go back, and every chunk whose records are all back
+ * gives its pages back (those kept by bursts that repeated too); a few
+ * records are taken again from the lowest chunks, set up afresh if need be:
+ * those pages stay, few and low, until the next burst. */
+static void cache_tidy(struct sa_thread *t) {
   unsigned keep = t->free_count < CACHE_REFILL ? t->free_count : CACHE_REFILL;
   pthread_mutex_lock(&sa__pool_mutex);
-  cache_return(t, 0);
+  cache_return(t, 0, true);
+  for (unsigned c = 0; c < sa_nchunks; c++)
+    if (sa_chunk_state[c].nfree == CHUNK_SIZE && sa_chunk_state[c].fresh)
+      chunk_give_back(c);
   cache_fill(t, keep);
   pthread_mutex_unlock(&sa__pool_mutex);
+}
+
+/* A burst of calls that spilled t's cache is over. The records it leaves in
+ * the cache would keep their chunks' pages: the cache is tidied, unless the
+ * burst repeated the one before. */
+SA_COLD void sa__cache_burst_over(struct sa_thread *t) {
+  if (burst_outgrew_last(t))
+    cache_tidy(t);
+  t->last_refills = t->burst_refills;
+  t->burst_refills = 0;
   t->cache_spilled = false;
 }
