@@ -19,6 +19,8 @@
  *   pending  N futures pending on one loop: sa_dispatch in a loop callback,
  *            sa_future_then, the release in the continuation; per call
  *   then     the same through sa_dispatch_then; per call
+ *   inline   futures of calls completing inside their start function,
+ *            delivered once the callback returns; per call
  *   batch    one sa_batch of N items from plain code, blocking; per item
  *   depth    forced-sync calls nested N deep, made in a loop callback; per
  *            level
@@ -250,6 +252,22 @@ static void pending_kick(uv_timer_t *kick) {
   }
 }
 
+/* Futures of calls that complete inside their start function: delivered by
+ * the loop once the callback returns, all pending at its end. */
+static void inline_kick(uv_timer_t *kick) {
+  (void)kick;
+  for (size_t i = 0; i < round.n; i++) {
+    sa_future_t f;
+    if (sa_dispatch(&inline_op, NULL, SA_MODE_AUTO, NULL, &f) != SA_PENDING ||
+        sa_future_then(f, future_delivered, NULL) != 0)
+      round.failed++;
+  }
+  if (park.peak) {
+    *park.peak = memory_now();
+    park.peak = NULL;
+  }
+}
+
 static void then_delivered(sa_future_t f, int status, void *value, void *data) {
   (void)f;
   (void)value;
@@ -315,6 +333,7 @@ static void loop_teardown(void) {
 
 static void pending_round(size_t n) { round_run(pending_kick, n); }
 static void then_round(size_t n) { round_run(then_kick, n); }
+static void inline_round(size_t n) { round_run(inline_kick, n); }
 
 /* Nested calls: a round makes DEPTH_CALLS outer calls, each n deep. */
 #define DEPTH_CALLS 1000u
@@ -359,6 +378,7 @@ static void batch_teardown(void) {
 static const struct curve curves[] = {
     {"pending", true, loop_setup, pending_round, units_n, loop_teardown},
     {"then", true, loop_setup, then_round, units_n, loop_teardown},
+    {"inline", true, loop_setup, inline_round, units_n, loop_teardown},
     {"batch", true, batch_setup, batch_round, units_n, batch_teardown},
     /* No warm-up: the levels' memory is the private loops the thread holds. */
     {"depth", false, depth_setup, depth_round, depth_units, depth_teardown},

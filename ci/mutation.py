@@ -223,7 +223,7 @@ class Worker:
                     sys.exit(f"ci/mutation: the reference does not build: {error}")
             self.archive(flavour, [])
             subprocess.run(["cmake", "-G", "Unix Makefiles", "-S", ".", "-B", self.tree(flavour),
-                            "-DSA_BENCH=OFF",
+                            "-DSA_BENCH=ON",
                             "-DCMAKE_BUILD_TYPE=RelWithDebInfo",
                             f"-DSA_IMPL={os.path.abspath(self.library(flavour))}",
                             *FLAVOURS[flavour][1]], cwd=REPO, check=True,
