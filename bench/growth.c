@@ -242,26 +242,27 @@ static void future_delivered(sa_future_t f, int status, void *value, void *data)
   round.failed += sa_future_release(f) != 0;
 }
 
-static void pending_kick(uv_timer_t *kick) {
-  (void)kick;
+/* n futures of `op`'s calls made in a loop callback, each released by its
+ * continuation. */
+static void dispatch_futures(const sa_op_t *op) {
   for (size_t i = 0; i < round.n; i++) {
     sa_future_t f;
-    if (sa_dispatch(&park_op, NULL, SA_MODE_AUTO, NULL, &f) != SA_PENDING ||
+    if (sa_dispatch(op, NULL, SA_MODE_AUTO, NULL, &f) != SA_PENDING ||
         sa_future_then(f, future_delivered, NULL) != 0)
       round.failed++;
   }
+}
+
+static void pending_kick(uv_timer_t *kick) {
+  (void)kick;
+  dispatch_futures(&park_op);
 }
 
 /* Futures of calls that complete inside their start function: delivered by
  * the loop once the callback returns, all pending at its end. */
 static void inline_kick(uv_timer_t *kick) {
   (void)kick;
-  for (size_t i = 0; i < round.n; i++) {
-    sa_future_t f;
-    if (sa_dispatch(&inline_op, NULL, SA_MODE_AUTO, NULL, &f) != SA_PENDING ||
-        sa_future_then(f, future_delivered, NULL) != 0)
-      round.failed++;
-  }
+  dispatch_futures(&inline_op);
   if (park.peak) {
     *park.peak = memory_now();
     park.peak = NULL;

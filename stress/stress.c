@@ -609,24 +609,39 @@ static void *taker_thread(void *arg) {
   }
 }
 
-static void scenario_futures(void) {
-  int owners = opt.threads / 2 > 0 ? opt.threads / 2 : 1;
-  int takers = opt.threads - owners > 0 ? opt.threads - owners : 1;
-  struct owner *o = calloc((size_t)owners, sizeof *o);
-  pthread_t *t = calloc((size_t)(owners + takers), sizeof *t);
-  board.owners_left = owners;
-  for (int i = 0; i < owners; i++) {
-    o[i].index = i;
-    pthread_create(&t[i], NULL, owner_thread, &o[i]);
+/* The split of the futures, cancel and bursts scenarios: half the threads
+ * (at least one) own loops, the others (at least one) act on what the
+ * owners post. */
+static int loop_owners(void) { return opt.threads / 2 > 0 ? opt.threads / 2 : 1; }
+
+/* Run `owner` on each of the loop_owners() elements of `owners` (`size`
+ * bytes each, whose first member, an int, is set to its index) and `other`
+ * on each remaining thread (given its index); return once all have ended. */
+static void run_owners_and_others(void *owners, size_t size, void *(*owner)(void *),
+                                  void *(*other)(void *)) {
+  int n = loop_owners();
+  int others = opt.threads - n > 0 ? opt.threads - n : 1;
+  pthread_t *t = calloc((size_t)(n + others), sizeof *t);
+  for (int i = 0; i < n; i++) {
+    int *index = (int *)((char *)owners + (size_t)i * size);
+    *index = i;
+    pthread_create(&t[i], NULL, owner, index);
   }
-  for (int i = 0; i < takers; i++)
-    pthread_create(&t[owners + i], NULL, taker_thread, (void *)(intptr_t)(owners + i));
-  for (int i = 0; i < owners + takers; i++)
+  for (int i = 0; i < others; i++)
+    pthread_create(&t[n + i], NULL, other, (void *)(intptr_t)(n + i));
+  for (int i = 0; i < n + others; i++)
     pthread_join(t[i], NULL);
+  free(t);
+}
+
+static void scenario_futures(void) {
+  int owners = loop_owners();
+  struct owner *o = calloc((size_t)owners, sizeof *o);
+  board.owners_left = owners;
+  run_owners_and_others(o, sizeof *o, owner_thread, taker_thread);
   for (int i = 0; i < owners; i++)
     owner_check(&o[i]);
   free(o);
-  free(t);
 }
 
 /* ---- scenario: cancel --------------------------------------------------- */
@@ -746,21 +761,10 @@ static void *canceller_thread(void *arg) {
 }
 
 static void scenario_cancel(void) {
-  int owners = opt.threads / 2 > 0 ? opt.threads / 2 : 1;
-  int cancellers = opt.threads - owners > 0 ? opt.threads - owners : 1;
-  struct racer *o = calloc((size_t)owners, sizeof *o);
-  pthread_t *t = calloc((size_t)(owners + cancellers), sizeof *t);
-  atomic_store(&ring.owners_left, owners);
-  for (int i = 0; i < owners; i++) {
-    o[i].index = i;
-    pthread_create(&t[i], NULL, racer_thread, &o[i]);
-  }
-  for (int i = 0; i < cancellers; i++)
-    pthread_create(&t[owners + i], NULL, canceller_thread, (void *)(intptr_t)(owners + i));
-  for (int i = 0; i < owners + cancellers; i++)
-    pthread_join(t[i], NULL);
+  struct racer *o = calloc((size_t)loop_owners(), sizeof *o);
+  atomic_store(&ring.owners_left, loop_owners());
+  run_owners_and_others(o, sizeof *o, racer_thread, canceller_thread);
   free(o);
-  free(t);
 }
 
 /* ---- scenario: home ----------------------------------------------------- */
@@ -1037,22 +1041,11 @@ static void *stale_reader(void *arg) {
 }
 
 static void scenario_bursts(void) {
-  int bursters = opt.threads / 2 > 0 ? opt.threads / 2 : 1;
-  int readers = opt.threads - bursters > 0 ? opt.threads - bursters : 1;
-  struct burster *b = calloc((size_t)bursters, sizeof *b);
-  pthread_t *t = calloc((size_t)(bursters + readers), sizeof *t);
-  atomic_store(&stale.bursters_left, bursters);
-  for (int i = 0; i < bursters; i++) {
-    b[i].index = i;
-    pthread_create(&t[i], NULL, burster_thread, &b[i]);
-  }
-  for (int i = 0; i < readers; i++)
-    pthread_create(&t[bursters + i], NULL, stale_reader, (void *)(intptr_t)(bursters + i));
-  for (int i = 0; i < bursters + readers; i++)
-    pthread_join(t[i], NULL);
+  struct burster *b = calloc((size_t)loop_owners(), sizeof *b);
+  atomic_store(&stale.bursters_left, loop_owners());
+  run_owners_and_others(b, sizeof *b, burster_thread, stale_reader);
   printf("bursts: %ld checks of released futures\n", atomic_load(&stale.checks));
   free(b);
-  free(t);
 }
 
 /* ---- main --------------------------------------------------------------- */
