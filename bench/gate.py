@@ -97,7 +97,11 @@ def run_ancestor(samples):
 
 
 def callgrind_instructions(instr, case, runs):
+    """The instructions of the case's set-up, runs and tear-down (run_case()
+    alone: the program's start, which varies by some hundred instructions
+    from run to run with its arguments, is not counted)."""
     log = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+                          "--collect-atstart=no", "--toggle-collect=run_case*",
                           instr, case, str(runs)], capture_output=True, text=True)
     m = re.search(r"Collected : (\d+)", log.stderr)
     if log.returncode != 0 or not m:
