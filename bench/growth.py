@@ -4,7 +4,7 @@ per pending call and after a spike, and growth curves with their verdicts.
 Writes OUT/growth.json.
 
   growth.py --growth BENCH_GROWTH --paired BENCH_PAIRED [--out DIR]
-            [--samples 21] [--churn-samples 201] [--no-counts] [--strict]
+            [--samples 21] [--churn-samples 801] [--no-counts] [--strict]
   growth.py --growth BENCH_GROWTH --memory-only [--strict]
 
 - Churn: threads created one at a time and 50 at a time, each making one
@@ -321,7 +321,7 @@ def main():
     ap.add_argument("--paired")
     ap.add_argument("--out", default="bench-report")
     ap.add_argument("--samples", type=int, default=21, help="samples per point of a curve")
-    ap.add_argument("--churn-samples", type=int, default=201)
+    ap.add_argument("--churn-samples", type=int, default=801)
     ap.add_argument("--sample-us", type=int, default=200,
                     help="the least time of a sample of the threads curve")
     ap.add_argument("--no-counts", action="store_true",
