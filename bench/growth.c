@@ -5,6 +5,8 @@
  * which bench/growth.py reads:
  *
  *   bench_growth memory CURVE N        the memory of the first round at N
+ *   bench_growth faults CURVE N ROUNDS the page faults of ROUNDS rounds at N
+ *                                      after two (bursts that repeat)
  *   bench_growth count CURVE N         one warm round at N in counted_round(),
  *                                      for callgrind; prints its units
  *   bench_growth time CURVE SAMPLES N...  ns per unit at each N, interleaved
@@ -49,6 +51,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -412,6 +415,27 @@ static void curve_memory(const struct curve *c, size_t n) {
   printf("}\n");
 }
 
+/* The page faults of `rounds` rounds at n, after two: a burst that repeats
+ * the one before it should find its memory where it left it, not give it
+ * back and fault it in again each time. Minor faults are counted, not
+ * timed: the figure is exact. */
+static void curve_faults(const struct curve *c, size_t n, int rounds) {
+  struct rusage before, after;
+  c->setup(n);
+  if (c->warm)
+    sync_call(&inline_op);
+  c->round(n);
+  c->round(n);
+  must(getrusage(RUSAGE_SELF, &before) == 0, "getrusage");
+  for (int r = 0; r < rounds; r++)
+    c->round(n);
+  must(getrusage(RUSAGE_SELF, &after) == 0, "getrusage");
+  c->teardown();
+  must(sa_thread_cleanup() == 0, "sa_thread_cleanup");
+  printf("{\"case\": \"%s\", \"n\": %zu, \"rounds\": %d, \"minor_faults\": %ld}\n",
+         c->name, n, rounds, after.ru_minflt - before.ru_minflt);
+}
+
 /* One round, in a function of its own: `valgrind --tool=callgrind
  * --collect-atstart=no --toggle-collect='counted_round*'` counts it alone
  * (the compiler may rename a clone of it: counted_round.isra.0). */
@@ -571,8 +595,9 @@ static size_t parse_count(const char *text, size_t max) {
 }
 
 static int usage(void) {
-  fprintf(stderr, "usage: bench_growth memory|count pending|then|batch|depth N\n"
-                  "       bench_growth time pending|then|batch|depth SAMPLES N...\n"
+  fprintf(stderr, "usage: bench_growth memory|count pending|then|inline|batch|depth N\n"
+                  "       bench_growth faults pending|then|inline|batch|depth N ROUNDS\n"
+                  "       bench_growth time pending|then|inline|batch|depth SAMPLES N...\n"
                   "       bench_growth threads T | churn K SAMPLES | max-depth\n");
   return 2;
 }
@@ -593,6 +618,8 @@ int main(int argc, char **argv) {
                (int)parse_count(argv[3], MAX_SAMPLES));
   } else if (argc == 4 && c && strcmp(command, "memory") == 0) {
     curve_memory(c, parse_count(argv[3], max_of(c)));
+  } else if (argc == 5 && c && strcmp(command, "faults") == 0) {
+    curve_faults(c, parse_count(argv[3], max_of(c)), (int)parse_count(argv[4], MAX_SAMPLES));
   } else if (argc == 4 && c && strcmp(command, "count") == 0) {
     curve_count(c, parse_count(argv[3], max_of(c)));
   } else if (argc > 4 && argc - 4 <= MAX_POINTS && c && strcmp(command, "time") == 0) {
