@@ -36,7 +36,7 @@ SA_EXAMPLE_PACKAGES="libhttp-parser-dev libjansson-dev libpq-dev libsqlite3-dev 
 postgresql postgresql-client sqlite3"
 
 # What ci/mutation needs besides: libclang's Python bindings.
-SA_MUTATION_PACKAGES="python3-clang-14"
+SA_MUTATION_PACKAGES="python3-clang-14 procps"
 
 jobs() { nproc 2>/dev/null || echo 2; }
 

@@ -18,7 +18,6 @@ import os
 import queue
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -81,14 +80,8 @@ def kill_descendants(sid):
     """Kill every process left with setsid() id `sid`, that of the run:
     Criterion puts each test in a process group of its own, and a hung one
     outlives its runner."""
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                pid_sid = int(f.read().rsplit(")", 1)[1].split()[3])
-            if pid_sid == sid:
-                os.kill(int(pid), signal.SIGKILL)
-        except (OSError, ValueError, IndexError):
-            pass  # gone meanwhile
+    subprocess.run(["pkill", "-KILL", "-s", str(sid)], stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
 
 
 # ---- the killers -------------------------------------------------------------
