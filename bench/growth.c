@@ -134,12 +134,17 @@ static struct {
   struct memory *peak; /* where to note the memory at the next firing */
 } park;
 
-static void park_fire(uv_timer_t *timer) {
-  (void)timer;
+/* Note the memory now, if a round asked for its peak and has none yet. */
+static void note_peak(void) {
   if (park.peak) {
     *park.peak = memory_now();
     park.peak = NULL;
   }
+}
+
+static void park_fire(uv_timer_t *timer) {
+  (void)timer;
+  note_peak();
   size_t n = park.n;
   park.n = 0;
   for (size_t i = 0; i < n; i++)
@@ -266,10 +271,7 @@ static void pending_kick(uv_timer_t *kick) {
 static void inline_kick(uv_timer_t *kick) {
   (void)kick;
   dispatch_futures(&inline_op);
-  if (park.peak) {
-    *park.peak = memory_now();
-    park.peak = NULL;
-  }
+  note_peak();
 }
 
 static void then_delivered(sa_future_t f, int status, void *value, void *data) {

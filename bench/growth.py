@@ -44,8 +44,9 @@ run one at a time; a pending future or sa_dispatch_then call takes at most
 inside their start function), sa_dispatch_then calls or batch items, the
 resident memory comes back within 10 % of where it was before; a burst of
 1,100, 3,000 or 20,000 futures that repeats the one before it faults in at
-most one page (it finds its memory where the last one left it); the threads curve is flat. --memory-only measures the memory alone
-(exact, in seconds: CTest runs it with --strict).
+most one page (it finds its memory where the last one left it); the
+threads curve is flat. --memory-only measures the memory alone (exact, in
+seconds: CTest runs it with --strict).
 """
 import argparse
 import concurrent.futures

@@ -206,7 +206,7 @@ SA_COLD void sa__cache_spill(struct sa_thread *t, unsigned keep) {
 static void cache_tidy(struct sa_thread *t) {
   unsigned keep = t->free_count < CACHE_REFILL ? t->free_count : CACHE_REFILL;
   pthread_mutex_lock(&sa__pool_mutex);
-  cache_return(t, 0, true);
+  cache_return(t, 0, false);
   for (unsigned c = 0; c < sa_nchunks; c++)
     if (sa_chunk_state[c].nfree == CHUNK_SIZE && sa_chunk_state[c].fresh)
       chunk_give_back(c);
